@@ -1,0 +1,122 @@
+//! Cancel keys: the (process id, secret) pgrelay gives each client, and which server
+//! connection that client is using right now.
+//!
+//! A client's CancelRequest arrives on a fresh connection carrying only its key; the registry
+//! maps that key to the server connection currently running the client's query, so the
+//! cancel reaches the right server process. Keys are random, so one client cannot guess
+//! another's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::config::HostAddr;
+
+/// The server process a client's query is running on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub host: HostAddr,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+type Slot = Arc<Mutex<Option<CancelTarget>>>;
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<(i32, i32), Slot>>,
+}
+
+/// A client's registration; removes itself from the registry when dropped.
+pub struct CancelHandle {
+    pub process_id: i32,
+    pub secret_key: i32,
+    slot: Slot,
+    registry: Arc<CancelRegistry>,
+}
+
+impl CancelRegistry {
+    /// Registers a new client under a fresh random key.
+    pub fn register(self: &Arc<Self>) -> CancelHandle {
+        let slot: Slot = Arc::new(Mutex::new(None));
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            // PostgreSQL process ids are positive; keep ours looking like them.
+            let process_id = (rand::random::<u32>() >> 1) as i32;
+            let secret_key = rand::random::<i32>();
+            if process_id == 0 || map.contains_key(&(process_id, secret_key)) {
+                continue;
+            }
+            map.insert((process_id, secret_key), Arc::clone(&slot));
+            return CancelHandle {
+                process_id,
+                secret_key,
+                slot,
+                registry: Arc::clone(self),
+            };
+        }
+    }
+
+    /// The server a client with this key is using now, if any.
+    pub fn target(&self, process_id: i32, secret_key: i32) -> Option<CancelTarget> {
+        let slot = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(process_id, secret_key))
+            .cloned()?;
+        let target = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        target
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl CancelHandle {
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        self.registry
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(self.process_id, self.secret_key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_maps_to_current_server_until_dropped() {
+        let reg = Arc::new(CancelRegistry::default());
+        let h = reg.register();
+        assert!(h.process_id > 0);
+        assert_eq!(reg.target(h.process_id, h.secret_key), None);
+        let t = CancelTarget {
+            host: HostAddr {
+                host: "127.0.0.1".into(),
+                port: 5432,
+            },
+            process_id: 42,
+            secret_key: 7,
+        };
+        h.set(Some(t.clone()));
+        assert_eq!(reg.target(h.process_id, h.secret_key), Some(t));
+        assert_eq!(reg.target(h.process_id, h.secret_key.wrapping_add(1)), None);
+        let (pid, key) = (h.process_id, h.secret_key);
+        drop(h);
+        assert_eq!(reg.target(pid, key), None);
+        assert!(reg.is_empty());
+    }
+}
