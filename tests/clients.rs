@@ -110,6 +110,48 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     outputs.into_iter().map(|o| o.expect("completed")).collect()
 }
 
+/// tokio-postgres returns from `prepare` before the ReadyForQuery, so the next request
+/// (here a COPY) reaches pgrelay while it still holds a write's ReadyForQuery for the cache
+/// invalidation. The answer to that request must not overtake the held ReadyForQuery: the
+/// client would file it under the previous request and wait forever.
+#[tokio::test]
+async fn request_sent_before_a_writes_ready_for_query_is_answered_in_order() {
+    let cluster = Cluster::shared();
+    cluster
+        .leader
+        .psql("CREATE TABLE IF NOT EXISTS cl_pipelined (id int); GRANT ALL ON cl_pipelined TO app");
+    let proxy = Proxy::start(cluster, "");
+    let client = proxy.connect("app", "app").await;
+    for round in 0..100i32 {
+        let step = async {
+            client
+                .execute("INSERT INTO cl_pipelined VALUES ($1)", &[&round])
+                .await
+                .expect("insert");
+            let sink = client
+                .copy_in("COPY cl_pipelined FROM STDIN")
+                .await
+                .expect("copy in");
+            use futures_util::SinkExt;
+            let mut sink = Box::pin(sink);
+            sink.send(bytes::Bytes::from(format!("{}\n", -round)))
+                .await
+                .expect("copy data");
+            sink.as_mut().finish().await.expect("copy done")
+        };
+        let copied = tokio::time::timeout(Duration::from_secs(10), step)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the client never got its answer"));
+        assert_eq!(copied, 1, "round {round}");
+    }
+    assert_eq!(
+        cluster
+            .leader
+            .psql("SELECT count(*), sum(id) FROM cl_pipelined"),
+        "200|0"
+    );
+}
+
 #[tokio::test]
 async fn error_in_extended_batch_then_next_query_works() {
     let proxy = Proxy::start(Cluster::shared(), "");

@@ -34,6 +34,11 @@ async fn answered_by(client: &tokio_postgres::Client, sql: &str) -> u16 {
         .unwrap_or_else(|_| panic!("{sql}: first column {port:?} is not a port"))
 }
 
+/// These tests check where statements go, not lag handling (tests/topology.rs does that): a
+/// budget no replica exceeds keeps the WAL that concurrent tests write (pgbench) from
+/// sending a read to the leader.
+const PATIENT_LAG_BUDGET: &str = "[cluster]\nmax_replica_lag = \"1GB\"";
+
 fn leader_port(cluster: &Cluster) -> u16 {
     cluster.leader.port
 }
@@ -68,7 +73,7 @@ fn create_tables(cluster: &Cluster) {
 #[tokio::test]
 async fn reads_spread_over_both_replicas_and_never_reach_the_leader() {
     let cluster = Cluster::shared();
-    let proxy = Proxy::start(cluster, "");
+    let proxy = Proxy::start(cluster, PATIENT_LAG_BUDGET);
     let client = proxy.connect("app", "app").await;
     let mut counts: HashMap<u16, usize> = HashMap::new();
     for _ in 0..500 {
@@ -148,7 +153,10 @@ async fn every_kind_of_write_lands_on_the_leader() {
 async fn reads_with_side_effects_run_on_the_leader() {
     let cluster = Cluster::shared();
     setup_tables(cluster);
-    let proxy = Proxy::start(cluster, "[cluster]\nwrite_functions = [\"rt_audit\"]");
+    let proxy = Proxy::start(
+        cluster,
+        "[cluster]\nwrite_functions = [\"rt_audit\"]\nmax_replica_lag = \"1GB\"",
+    );
     let client = proxy.connect("app", "app").await;
     let leader = leader_port(cluster);
     let forms = [
@@ -201,7 +209,7 @@ async fn reads_with_side_effects_run_on_the_leader() {
 async fn transactions_run_whole_on_one_server() {
     let cluster = Cluster::shared();
     setup_tables(cluster);
-    let proxy = Proxy::start(cluster, "");
+    let proxy = Proxy::start(cluster, PATIENT_LAG_BUDGET);
     let client = proxy.connect("app", "app").await;
     let leader = leader_port(cluster);
     let replicas = replica_ports(cluster);
@@ -265,7 +273,7 @@ async fn transactions_run_whole_on_one_server() {
 #[tokio::test]
 async fn hints_route_both_ways() {
     let cluster = Cluster::shared();
-    let proxy = Proxy::start(cluster, "");
+    let proxy = Proxy::start(cluster, PATIENT_LAG_BUDGET);
     let client = proxy.connect("app", "app").await;
     for _ in 0..5 {
         assert_eq!(
@@ -441,7 +449,7 @@ fn libpq_target_session_attrs_read_write_accepts_pgrelay() {
 #[tokio::test]
 async fn read_only_transaction_begun_through_the_extended_protocol_stays_on_one_replica() {
     let cluster = Cluster::shared();
-    let proxy = Proxy::start(cluster, "");
+    let proxy = Proxy::start(cluster, PATIENT_LAG_BUDGET);
     let client = proxy.connect("app2", "app2").await;
     let port = client
         .prepare("SELECT inet_server_port()::int4")

@@ -394,6 +394,9 @@ impl Session {
         loop {
             if self.pending_invalidation.is_some() {
                 Box::pin(self.deliver_invalidation()).await;
+                if !self.sin.is_empty() {
+                    self.process_server_input();
+                }
             }
             if !self.closing {
                 self.process_client_input().await?;
@@ -1588,6 +1591,12 @@ impl Session {
                 }
                 continue;
             }
+            if self.ready_held_for_invalidation() {
+                // What follows answers the client's next request: it must not overtake the
+                // ReadyForQuery held for the invalidation (the relay loop resumes here after
+                // delivering it).
+                break;
+            }
             let header = match peek_header(&self.sin, fwd, MAX_SERVER_MESSAGE) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -1846,6 +1855,12 @@ impl Session {
                 write_lsn: self.commit_lsn_read.take(),
             });
         }
+    }
+
+    /// A commit's ReadyForQuery waits for its invalidation: server input after it stays
+    /// unread until then.
+    fn ready_held_for_invalidation(&self) -> bool {
+        self.held_ready && self.pending_invalidation.is_some()
     }
 
     /// Tells the cache (and through it every pgrelay sharing it) what a commit changed, then

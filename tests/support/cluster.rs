@@ -307,8 +307,10 @@ pub struct PgNode {
 impl PgNode {
     fn new(cluster_dir: &Path, name: &str) -> PgNode {
         let node_dir = cluster_dir.join(name);
+        let port = free_port();
+        super::witness_node(name, cluster_dir, port);
         PgNode {
-            port: free_port(),
+            port,
             data_dir: node_dir.join("data"),
             name: name.to_string(),
             socket_dir: cluster_dir.to_path_buf(),

@@ -181,3 +181,99 @@ pub fn url_encode(value: &str) -> String {
         })
         .collect()
 }
+
+/// How long one test binary may run before the overrun guard reports and exits it; override
+/// with `PGRELAY_TEST_DEADLINE_SECS`. A hung test then costs minutes, not the whole CI budget.
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// What the overrun guard prints when it fires: the servers' sessions and pgrelay logs.
+enum Witness {
+    /// A PostgreSQL node: its `pg_stat_activity` shows who waits on what.
+    Node {
+        name: String,
+        socket_dir: std::path::PathBuf,
+        port: u16,
+    },
+    /// A pgrelay log file.
+    Log(std::path::PathBuf),
+}
+
+static WITNESSES: Mutex<Vec<Witness>> = Mutex::new(Vec::new());
+
+/// Registers a PostgreSQL node with the overrun guard (and starts the guard).
+pub(crate) fn witness_node(name: &str, socket_dir: &Path, port: u16) {
+    start_overrun_guard();
+    WITNESSES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Witness::Node {
+            name: name.to_owned(),
+            socket_dir: socket_dir.to_path_buf(),
+            port,
+        });
+}
+
+/// Registers a pgrelay log with the overrun guard (and starts the guard).
+pub(crate) fn witness_log(path: &Path) {
+    start_overrun_guard();
+    WITNESSES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Witness::Log(path.to_path_buf()));
+}
+
+/// Starts (once per test process) a thread that, past the deadline, prints every registered
+/// node's sessions and every pgrelay log tail still on disk, then exits the process with a
+/// failure. The cleanup watchdogs then tear the clusters down as for any other exit.
+fn start_overrun_guard() {
+    static GUARD: std::sync::Once = std::sync::Once::new();
+    GUARD.call_once(|| {
+        let deadline = std::env::var("PGRELAY_TEST_DEADLINE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(DEFAULT_DEADLINE, Duration::from_secs);
+        std::thread::spawn(move || {
+            std::thread::sleep(deadline);
+            eprintln!("\n=== test process overran its {deadline:?} deadline; state follows ===");
+            let witnesses = WITNESSES.lock().unwrap_or_else(|e| e.into_inner());
+            for witness in witnesses.iter() {
+                eprintln!("{}", describe(witness));
+            }
+            eprintln!("=== exiting: a test is hung ===");
+            std::process::exit(3);
+        });
+    });
+}
+
+fn describe(witness: &Witness) -> String {
+    match witness {
+        Witness::Log(path) if path.exists() => tail(path, 60),
+        Witness::Log(_) => String::new(),
+        Witness::Node {
+            name,
+            socket_dir,
+            port,
+        } => {
+            let sql = "SELECT pid, application_name, backend_type, state, wait_event_type, \
+                       wait_event, now() - xact_start AS xact_age, left(query, 200) \
+                       FROM pg_stat_activity WHERE pid <> pg_backend_pid()";
+            let mut cmd = Command::new("/usr/lib/postgresql/15/bin/psql");
+            cmd.args(["-X", "-U", "postgres", "-d", "postgres", "-c", sql])
+                .arg("-h")
+                .arg(socket_dir)
+                .arg("-p")
+                .arg(port.to_string())
+                .env("PGCONNECT_TIMEOUT", "5")
+                .env("PGOPTIONS", "-c statement_timeout=5000")
+                .stdin(Stdio::null());
+            match cmd.output() {
+                Ok(out) => format!(
+                    "--- sessions on {name} (port {port}) ---\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => format!("--- sessions on {name}: psql failed: {e} ---"),
+            }
+        }
+    }
+}

@@ -96,6 +96,7 @@ impl Proxy {
         .expect("write pgrelay config");
 
         let log = fs::File::create(&log_path).expect("create pgrelay log");
+        super::witness_log(&log_path);
         let mut cmd = Command::new(pgrelay_bin());
         cmd.arg("--config")
             .arg(&config_path)
