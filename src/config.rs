@@ -117,6 +117,14 @@ pub struct ServerConfig {
     /// Prepared statements kept per server connection in transaction pooling; the least
     /// recently used is closed beyond this. Default 1000.
     pub max_prepared_statements: usize,
+    /// TLS for clients: `disable` (the default; SSLRequest is answered `N`), `allow` (TLS
+    /// offered, plain accepted) or `require` (plain clients are refused with 28000).
+    pub tls_mode: ClientTlsMode,
+    /// PEM certificate chain pgrelay presents to clients. Required unless `tls_mode` is
+    /// `disable`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -135,6 +143,9 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             log_format: LogFormat::Human,
             max_prepared_statements: 1000,
+            tls_mode: ClientTlsMode::Disable,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -192,6 +203,13 @@ pub struct ClusterConfig {
     /// leader) is reloaded from the leader's catalog. Default `30s`.
     #[serde(deserialize_with = "duration")]
     pub function_refresh_interval: Duration,
+    /// TLS to the servers (pooled and control connections): `disable`, `prefer` (the
+    /// default: TLS when the server offers it, certificate not checked), `require` (refuse a
+    /// server without TLS, certificate not checked) or `verify-full` (certificate must chain
+    /// to `tls_ca_file` and name the host).
+    pub tls: ServerTlsMode,
+    /// PEM file of the CA certificates trusted for `tls = "verify-full"`.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -215,6 +233,8 @@ impl Default for ClusterConfig {
             monitor_password: None,
             monitor_database: "postgres".to_owned(),
             function_refresh_interval: Duration::from_secs(30),
+            tls: ServerTlsMode::Prefer,
+            tls_ca_file: None,
         }
     }
 }
@@ -451,6 +471,57 @@ pub enum PoolMode {
     Session,
 }
 
+/// Whether clients may, or must, use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered `N`: clients talk in plain text.
+    #[default]
+    Disable,
+    /// TLS is offered; clients that do not ask for it are served in plain text too.
+    Allow,
+    /// Clients that do not switch to TLS are refused (28000).
+    Require,
+}
+
+impl ClientTlsMode {
+    /// The name used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "disable",
+            ClientTlsMode::Allow => "allow",
+            ClientTlsMode::Require => "require",
+        }
+    }
+}
+
+/// How pgrelay secures its connections to the servers, named like libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, plain text otherwise; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS with a certificate that chains to `tls_ca_file` and names the host connected to.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    /// The name used in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -587,6 +658,12 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+}
+
+impl From<crate::tls::TlsConfigError> for ConfigError {
+    fn from(e: crate::tls::TlsConfigError) -> Self {
+        ConfigError::invalid(e.key, e.value, e.reason)
+    }
 }
 
 /// The value an `Invalid` error shows: what was written (redacted if it is a secret), or a
@@ -731,6 +808,7 @@ impl ServerConfig {
                 "a user name cannot be empty",
             ));
         }
+        crate::tls::ClientTls::from_config(self)?;
         Ok(())
     }
 }
@@ -774,6 +852,7 @@ impl ClusterConfig {
                 ));
             }
         }
+        crate::tls::ServerTls::from_config(self)?;
         Ok(())
     }
 }

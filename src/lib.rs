@@ -8,9 +8,11 @@ pub mod cache;
 pub mod config;
 pub mod frontend;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod router;
+pub mod tls;
 pub mod topology;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +69,10 @@ pub struct Shared {
     pub config_path: Option<PathBuf>,
     /// The topology monitor's settings; a reload sends new ones (lag budget, probe timing).
     pub monitor_settings: watch::Sender<MonitorSettings>,
+    /// TLS offered to clients; a reload loads the certificate and key again (rotation).
+    pub client_tls: ArcSwap<tls::ClientTls>,
+    /// TLS to the servers (`[cluster] tls`), fixed at start.
+    pub server_tls: tls::ServerTls,
 }
 
 #[derive(Debug, Error)]
@@ -83,6 +89,8 @@ pub enum StartError {
     },
     #[error("cache: {0}")]
     Cache(#[from] cache::CacheError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsConfigError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -90,8 +98,9 @@ pub enum StartError {
 /// Distinct statement texts whose classification is kept.
 const CLASSIFY_CACHE_ENTRIES: usize = 10_000;
 
-fn pool_settings(config: &Config) -> PoolSettings {
+fn pool_settings(config: &Config, tls: &tls::ServerTls) -> PoolSettings {
     PoolSettings {
+        tls: tls.clone(),
         max_size: config.server.max_server_connections,
         connect_timeout: config.cluster.server_connect_timeout,
         idle_timeout: config.cluster.server_idle_timeout,
@@ -103,7 +112,7 @@ fn pool_settings(config: &Config) -> PoolSettings {
 /// The login the topology monitor uses: `[cluster] monitor_user` (with `monitor_password`,
 /// else that user's server password) when set, otherwise the first configured user pgrelay
 /// can log in as; database `monitor_database`.
-fn probe_login(users: &Users, config: &Config) -> ProbeLogin {
+fn probe_login(users: &Users, config: &Config, tls: &tls::ServerTls) -> ProbeLogin {
     let cluster = &config.cluster;
     if let Some(user) = &cluster.monitor_user {
         let configured = users.get(user);
@@ -116,6 +125,7 @@ fn probe_login(users: &Users, config: &Config) -> ProbeLogin {
                 .clone()
                 .or_else(|| configured.and_then(|u| u.server_password.clone())),
             database: cluster.monitor_database.clone(),
+            tls: tls.clone(),
         };
     }
     let entry = config
@@ -133,6 +143,7 @@ fn probe_login(users: &Users, config: &Config) -> ProbeLogin {
             .clone()
             .or_else(|| entry.and_then(|u| u.server_password.clone())),
         database: cluster.monitor_database.clone(),
+        tls: tls.clone(),
     }
 }
 
@@ -203,6 +214,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
     let (shutdown, _) = watch::channel(false);
     let (paused, _) = watch::channel(false);
     let (monitor_settings_tx, _) = watch::channel(monitor_settings(&config));
+    let client_tls = tls::ClientTls::from_config(&config.server)?;
+    let server_tls = tls::ServerTls::from_config(&config.cluster)?;
     let metrics = Metrics::new();
     let cache = if config.cache.enabled {
         Some(cache::Cache::from_config(&config.cache, &metrics)?)
@@ -210,7 +223,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         None
     };
     let shared = Arc::new(Shared {
-        pools: Pools::new(pool_settings(&config)),
+        pools: Pools::new(pool_settings(&config, &server_tls)),
         metrics,
         cache,
         topology: Arc::new(Topology::new(&config.cluster.hosts)),
@@ -227,9 +240,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Sta
         paused,
         config_path,
         monitor_settings: monitor_settings_tx,
+        client_tls: ArcSwap::from_pointee(client_tls),
+        server_tls,
     });
     let config = shared.config.load_full();
-    let login = probe_login(&shared.users.load(), &config);
+    let login = probe_login(&shared.users.load(), &config, &shared.server_tls);
     let monitor = monitor::start(
         &shared.topology,
         config.cluster.hosts.clone(),
@@ -360,6 +375,8 @@ fn keep_restart_only_keys(running: &Config, next: &mut Config) -> Vec<&'static s
     keep!(cluster.monitor_user);
     keep!(cluster.monitor_password);
     keep!(cluster.monitor_database);
+    keep!(cluster.tls);
+    keep!(cluster.tls_ca_file);
     keep!(cache.redis_url);
     keep!(cache.max_bytes);
     keep!(cache.max_entry_bytes);
@@ -403,7 +420,14 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
         )
         .collect();
 
-    shared.pools.set_settings(pool_settings(&next));
+    // Read again even when the paths did not change: a renewed certificate keeps its name.
+    let client_tls = match tls::ClientTls::from_config(&next.server) {
+        Ok(client_tls) => client_tls,
+        Err(e) => return refuse(e.to_string()),
+    };
+    shared
+        .pools
+        .set_settings(pool_settings(&next, &shared.server_tls));
     if running.cluster.write_functions != next.cluster.write_functions {
         shared
             .catalogs
@@ -413,6 +437,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
         .monitor_settings
         .send_replace(monitor_settings(&next));
     shared.users.store(Arc::new(users));
+    shared.client_tls.store(Arc::new(client_tls));
     shared.config.store(Arc::new(next));
     tracing::info!(path = %path.display(), changed = %changed.join(", "), "config reloaded");
     Ok(())

@@ -13,10 +13,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::net::Socket;
 use bytes::BytesMut;
 use prometheus::core::{Collector, Metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::auth::users::UserEntry;
 use crate::cache::CacheStats;
@@ -119,7 +119,7 @@ enum Answer {
 /// A user not in `admin_users` is refused with 28000.
 pub async fn serve(
     shared: Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     user: Arc<UserEntry>,
 ) -> Result<(), FrontendError> {
     let mut out = BytesMut::new();
@@ -748,6 +748,15 @@ pub fn config_rows(config: &Config) -> Vec<(String, String)> {
         "server.max_prepared_statements",
         s.max_prepared_statements.to_string(),
     );
+    add("server.tls_mode", s.tls_mode.as_str().to_owned());
+    add(
+        "server.tls_cert",
+        optional(s.tls_cert.as_ref().map(|p| p.display())),
+    );
+    add(
+        "server.tls_key",
+        optional(s.tls_key.as_ref().map(|p| p.display())),
+    );
     let c = &config.cluster;
     add("cluster.hosts", list(&c.hosts));
     add("cluster.probe_interval", duration(c.probe_interval));
@@ -771,6 +780,11 @@ pub fn config_rows(config: &Config) -> Vec<(String, String)> {
     add("cluster.monitor_user", optional(c.monitor_user.as_ref()));
     add("cluster.monitor_password", secret(&c.monitor_password));
     add("cluster.monitor_database", c.monitor_database.clone());
+    add("cluster.tls", c.tls.as_str().to_owned());
+    add(
+        "cluster.tls_ca_file",
+        optional(c.tls_ca_file.as_ref().map(|p| p.display())),
+    );
     add(
         "cluster.function_refresh_interval",
         duration(c.function_refresh_interval),

@@ -17,6 +17,8 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::net::Socket;
+
 use crate::config::HostAddr;
 use crate::protocol::frame::split_frame;
 use crate::protocol::view::{self, ErrorFields};
@@ -50,6 +52,11 @@ pub enum BackendError {
     Io { host: String, source: io::Error },
     #[error("server {host} closed the connection")]
     Closed { host: String },
+    #[error("cannot secure the connection to server {host}: {source}")]
+    Tls {
+        host: String,
+        source: crate::tls::UpgradeError,
+    },
 }
 
 impl BackendError {
@@ -87,6 +94,8 @@ pub struct ConnectOptions<'a> {
     pub params: &'a [(String, String)],
     /// Bound of the connection's prepared-statement cache.
     pub max_prepared_statements: usize,
+    /// `[cluster] tls`.
+    pub tls: &'a crate::tls::ServerTls,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -95,7 +104,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct ServerConn {
     pub id: u64,
     pub host: HostAddr,
-    stream: TcpStream,
+    stream: Socket,
     pub process_id: i32,
     pub secret_key: i32,
     /// ParameterStatus values the server reported, kept current as new ones arrive.
@@ -151,6 +160,14 @@ impl ServerConn {
             .with_interval(Duration::from_secs(10));
         // Keepalive only helps notice dead peers; failing to set it is not worth refusing.
         let _ = sock.set_tcp_keepalive(&keepalive);
+        let stream = opts
+            .tls
+            .upgrade(stream, opts.host)
+            .await
+            .map_err(|source| BackendError::Tls {
+                host: host.clone(),
+                source,
+            })?;
 
         let mut conn = ServerConn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -354,7 +371,7 @@ impl ServerConn {
     }
 
     /// The socket, for the session loop to relay on.
-    pub fn stream_mut(&mut self) -> &mut TcpStream {
+    pub fn stream_mut(&mut self) -> &mut Socket {
         &mut self.stream
     }
 

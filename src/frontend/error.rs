@@ -44,6 +44,8 @@ pub enum FrontendError {
     NoServer { reason: String },
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    #[error("TLS is required: connect with sslmode=require (or verify-ca, verify-full)")]
+    TlsRequired,
 }
 
 impl FrontendError {
@@ -72,6 +74,7 @@ impl FrontendError {
             FrontendError::Backend(e) => e.sqlstate(),
             FrontendError::NoServer { .. } => sqlstate::CANNOT_CONNECT_NOW,
             FrontendError::Shutdown => sqlstate::ADMIN_SHUTDOWN,
+            FrontendError::TlsRequired => sqlstate::INVALID_AUTHORIZATION,
         })
     }
 

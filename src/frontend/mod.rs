@@ -20,14 +20,17 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::auth::users::Users;
 use crate::config::PoolMode;
+use crate::net::Socket;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::TxStatus;
+use crate::tls::ClientTls;
 use crate::Shared;
 use error::FrontendError;
 use session::{checkout_leader, Session, SessionLogin};
 use settings::Settings;
-use startup::{Login, Startup};
+use startup::{Login, Startup, TlsStage};
 
 /// Counts open client connections, in total and per user, to enforce the limits.
 #[derive(Default)]
@@ -93,21 +96,25 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-async fn handle_client(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+async fn handle_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     shared.metrics.client_connections_total.inc();
     let open = OpenClient::new(&shared);
     let started = Instant::now();
     let config = shared.config.load_full();
     let users = shared.users.load_full();
-    let negotiated = tokio::time::timeout(
-        config.server.client_login_timeout,
-        startup::negotiate(&mut stream, &users),
-    )
-    .await
-    .unwrap_or(Err(FrontendError::LoginTimeout));
+    let client_tls = shared.client_tls.load_full();
+    let deadline = tokio::time::Instant::now() + config.server.client_login_timeout;
+    let (stream, negotiated) = start_up(stream, &users, &client_tls, deadline).await;
+    let Some(mut stream) = stream else {
+        if let Err(e) = negotiated {
+            tracing::info!(client = %peer, error = %e, "client refused: TLS handshake failed");
+        }
+        return;
+    };
     let login = match negotiated {
         Ok(Startup::Login(login)) => login,
+        Ok(Startup::SwitchToTls) => return,
         Ok(Startup::Cancel {
             process_id,
             secret_key,
@@ -180,6 +187,52 @@ async fn handle_client(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketA
     }
 }
 
+/// The startup phase, a TLS handshake included, all before `deadline`: returns the socket
+/// to go on with (None when a failed handshake left nobody to answer) and the outcome.
+async fn start_up(
+    tcp: TcpStream,
+    users: &Users,
+    tls: &ClientTls,
+    deadline: tokio::time::Instant,
+) -> (Option<Socket>, Result<Startup, FrontendError>) {
+    let mut socket = Socket::Tcp(tcp);
+    let stage = match tls.acceptor() {
+        Some(_) => TlsStage::Offered {
+            required: tls.required(),
+        },
+        None => TlsStage::Off,
+    };
+    let first = tokio::time::timeout_at(deadline, startup::negotiate(&mut socket, users, stage))
+        .await
+        .unwrap_or(Err(FrontendError::LoginTimeout));
+    let Ok(Startup::SwitchToTls) = first else {
+        return (Some(socket), first);
+    };
+    // SwitchToTls comes only from a plain socket with TLS offered.
+    let (Some(acceptor), Socket::Tcp(tcp)) = (tls.acceptor(), socket) else {
+        return (
+            None,
+            Err(FrontendError::Protocol("unexpected SSL request".into())),
+        );
+    };
+    let encrypted = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return (None, Err(FrontendError::ClientIo(e))),
+        Err(_) => return (None, Err(FrontendError::LoginTimeout)),
+    };
+    let mut socket = match crate::tls::bridge(encrypted) {
+        Ok(local) => Socket::Bridged(local),
+        Err(e) => return (None, Err(FrontendError::ClientIo(e))),
+    };
+    let login = tokio::time::timeout_at(
+        deadline,
+        startup::negotiate(&mut socket, users, TlsStage::Established),
+    )
+    .await
+    .unwrap_or(Err(FrontendError::LoginTimeout));
+    (Some(socket), login)
+}
+
 /// Keeps the open-connections gauge right however a client task ends.
 struct OpenClient {
     shared: Arc<Shared>,
@@ -206,7 +259,7 @@ impl Drop for OpenClient {
 /// and applies the client's settings), reports the server's parameters, then relays.
 async fn run_login(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     login: Login,
     registered: registry::ClientEntry,
 ) -> Result<(), FrontendError> {
@@ -289,12 +342,12 @@ async fn forward_cancel(shared: &Shared, process_id: i32, secret_key: i32) {
     }
 }
 
-async fn refuse(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr, error: &FrontendError) {
+async fn refuse(shared: &Shared, stream: &mut Socket, peer: SocketAddr, error: &FrontendError) {
     tracing::info!(client = %peer, error = %error, "client refused");
     send_fatal(shared, stream, error).await;
 }
 
-async fn send_fatal(shared: &Shared, stream: &mut TcpStream, error: &FrontendError) {
+async fn send_fatal(shared: &Shared, stream: &mut Socket, error: &FrontendError) {
     let Some(code) = error.sqlstate() else {
         return;
     };

@@ -22,7 +22,6 @@ use std::time::Instant;
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::cancel::{CancelHandle, CancelTarget};
 use super::error::FrontendError;
@@ -31,6 +30,7 @@ use super::registry::{ClientEntry, ClientState};
 use super::settings::Settings;
 use crate::auth::users::UserEntry;
 use crate::config::{Consistency, HostAddr, PoolMode};
+use crate::net::Socket;
 use crate::pool::{PoolError, PoolKey, PooledConn};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::{peek_header, split_frame};
@@ -373,7 +373,7 @@ impl Session {
     }
 
     /// Relays until the client leaves, the session fails, or shutdown finds it idle.
-    pub async fn run(mut self, client: &mut TcpStream) -> Result<(), FrontendError> {
+    pub async fn run(mut self, client: &mut Socket) -> Result<(), FrontendError> {
         let mut shutdown = self.shared.shutdown.subscribe();
         let result = self.relay(client, &mut shutdown).await;
         Box::pin(self.finish()).await;
@@ -382,7 +382,7 @@ impl Session {
 
     async fn relay(
         &mut self,
-        client: &mut TcpStream,
+        client: &mut Socket,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), FrontendError> {
         let mut shutting_down = *shutdown.borrow();

@@ -7,8 +7,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::FrontendError;
 use crate::auth::users::{UserEntry, Users};
@@ -24,7 +23,24 @@ const MAX_AUTH_MESSAGE: u64 = 65_536;
 /// What the startup phase produced.
 pub enum Startup {
     Login(Login),
-    Cancel { process_id: i32, secret_key: i32 },
+    Cancel {
+        process_id: i32,
+        secret_key: i32,
+    },
+    /// The client asked for TLS and was answered `S`: the handshake comes next, then the
+    /// startup phase starts over inside TLS.
+    SwitchToTls,
+}
+
+/// Where a connection stands with TLS while it starts up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsStage {
+    /// TLS is not configured: SSLRequest gets `N`.
+    Off,
+    /// TLS is offered; `required` refuses a StartupMessage sent without it.
+    Offered { required: bool },
+    /// The connection already runs inside TLS.
+    Established,
 }
 
 /// An authenticated client.
@@ -34,10 +50,12 @@ pub struct Login {
     pub params: Vec<(String, String)>,
 }
 
-/// Reads packets until a StartupMessage or CancelRequest, answering SSL and GSS requests
-/// with 'N' (TLS is not configured).
-async fn read_startup(
-    stream: &mut TcpStream,
+/// Reads packets until a StartupMessage or CancelRequest, answering GSS requests with 'N'
+/// and SSL requests with 'S' (returned as an SslRequest packet: switch to TLS now) when TLS
+/// is offered, 'N' otherwise.
+async fn read_startup<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    tls: TlsStage,
 ) -> Result<(StartupPacket, Vec<String>), FrontendError> {
     loop {
         let mut len = [0u8; 4];
@@ -47,8 +65,15 @@ async fn read_startup(
         packet[..4].copy_from_slice(&len);
         stream.read_exact(&mut packet[4..]).await?;
         match startup::parse(&packet)? {
+            StartupPacket::SslRequest if matches!(tls, TlsStage::Offered { .. }) => {
+                stream.write_all(b"S").await?;
+                return Ok((StartupPacket::SslRequest, Vec::new()));
+            }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 stream.write_all(b"N").await?;
+            }
+            StartupPacket::Startup { .. } if tls == (TlsStage::Offered { required: true }) => {
+                return Err(FrontendError::TlsRequired);
             }
             StartupPacket::Startup {
                 minor_version,
@@ -78,9 +103,14 @@ async fn read_startup(
     }
 }
 
-/// Runs the startup phase up to and including AuthenticationOk.
-pub async fn negotiate(stream: &mut TcpStream, users: &Users) -> Result<Startup, FrontendError> {
-    let (packet, _) = read_startup(stream).await?;
+/// Runs the startup phase up to and including AuthenticationOk, or up to the `S` that
+/// starts a TLS handshake.
+pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    users: &Users,
+    tls: TlsStage,
+) -> Result<Startup, FrontendError> {
+    let (packet, _) = read_startup(stream, tls).await?;
     let params = match packet {
         StartupPacket::Cancel {
             process_id,
@@ -92,8 +122,9 @@ pub async fn negotiate(stream: &mut TcpStream, users: &Users) -> Result<Startup,
             })
         }
         StartupPacket::Startup { params, .. } => params,
-        StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-            return Err(FrontendError::Protocol("unexpected SSL request".into()))
+        StartupPacket::SslRequest => return Ok(Startup::SwitchToTls),
+        StartupPacket::GssEncRequest => {
+            return Err(FrontendError::Protocol("unexpected GSS request".into()))
         }
     };
     let user_name = StartupPacket::param(&params, "user")
@@ -129,8 +160,8 @@ pub async fn negotiate(stream: &mut TcpStream, users: &Users) -> Result<Startup,
     }))
 }
 
-async fn authenticate(
-    stream: &mut TcpStream,
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     users: &Users,
     user_name: &str,
     user: Option<&UserEntry>,
@@ -223,7 +254,10 @@ fn sasl_initial(body: &[u8]) -> Option<(&str, &[u8])> {
     (data.len() == len as usize).then_some((mechanism, data))
 }
 
-async fn read_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Frame, FrontendError> {
+async fn read_password<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Frame, FrontendError> {
     loop {
         if let Some(frame) = split_frame(buf, MAX_AUTH_MESSAGE)? {
             if frame.tag != tag::PASSWORD {

@@ -60,6 +60,8 @@ pub struct PoolKey {
 /// Limits and timeouts shared by every pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// `[cluster] tls` for new connections.
+    pub tls: crate::tls::ServerTls,
     pub max_size: usize,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -192,6 +194,7 @@ impl Pool {
             connect_timeout: settings.connect_timeout,
             params: &[],
             max_prepared_statements: settings.max_prepared_statements,
+            tls: &settings.tls,
         })
         .await
     }
@@ -512,6 +515,11 @@ mod tests {
 
     fn pools() -> Pools {
         Pools::new(PoolSettings {
+            tls: crate::tls::ServerTls::from_config(&crate::config::ClusterConfig {
+                tls: crate::config::ServerTlsMode::Disable,
+                ..Default::default()
+            })
+            .unwrap(),
             max_size: 4,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(60),

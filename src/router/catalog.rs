@@ -124,7 +124,9 @@ pub async fn load_volatile_functions(
     if let Some(pw) = &login.password {
         cfg.password(pw.as_bytes());
     }
-    let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
+    let (ssl_mode, tls) = login.tls.postgres();
+    cfg.ssl_mode(ssl_mode);
+    let (client, connection) = cfg.connect(tls).await?;
     let task = tokio::spawn(async move {
         // Ends when the client below is dropped.
         let _ = connection.await;

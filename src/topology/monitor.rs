@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::{Id, JoinSet};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::patroni::{self, Endpoint};
 use super::snapshot::{parse_lsn, PatroniView, Probe, ReadRules, Reading, Role, Snapshot};
@@ -26,6 +26,8 @@ pub struct ProbeLogin {
     pub user: String,
     pub password: Option<String>,
     pub database: String,
+    /// `[cluster] tls`, as for pooled connections.
+    pub tls: crate::tls::ServerTls,
 }
 
 /// How the monitor probes and judges.
@@ -73,7 +75,9 @@ impl Prober {
         if let Some(pw) = &login.password {
             cfg.password(pw.as_bytes());
         }
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+        let (ssl_mode, tls) = login.tls.postgres();
+        cfg.ssl_mode(ssl_mode);
+        let (client, connection) = cfg.connect(tls).await.map_err(|e| with_causes(&e))?;
         tokio::spawn(async move {
             // The connection ends when the client is dropped or the server goes away; the next
             // probe notices through the client.
@@ -396,4 +400,40 @@ pub async fn start(
     }
     topology.publish(first);
     monitor
+}
+
+/// An error and its causes, `outer: inner: …`: tokio-postgres keeps the useful part (a TLS
+/// handshake's certificate complaint, a refused connection) in the source chain.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error performing TLS handshake")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_follow_the_message() {
+        let inner = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert_eq!(
+            with_causes(&Outer(inner)),
+            "error performing TLS handshake: invalid peer certificate: UnknownIssuer"
+        );
+        let plain = std::io::Error::other("refused");
+        assert_eq!(with_causes(&plain), "refused");
+    }
 }

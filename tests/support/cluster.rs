@@ -683,6 +683,29 @@ impl PgNode {
         self.append_settings("");
     }
 
+    /// Turns TLS on with this certificate and key (PEM), and refuses `plain_refused` any
+    /// login over TCP without TLS, so a session that works for that role proves TLS is in
+    /// use. Takes effect at once (configuration reload).
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str, plain_refused: &str) {
+        let cert = self.data_dir.join("server.crt");
+        let key = self.data_dir.join("server.key");
+        fs::write(&cert, cert_pem).expect("write server.crt");
+        fs::write(&key, key_pem).expect("write server.key");
+        run(Command::new("chmod").arg("600").arg(&key));
+        self.chown_to_postgres(&cert);
+        self.chown_to_postgres(&key);
+        let hba = self.data_dir.join("pg_hba.conf");
+        let rules = fs::read_to_string(&hba).expect("read pg_hba.conf");
+        fs::write(
+            &hba,
+            format!("hostnossl all {plain_refused} 127.0.0.1/32 reject\n{rules}"),
+        )
+        .expect("write pg_hba.conf");
+        self.append_settings("ssl = on\n");
+        self.psql("SELECT pg_reload_conf()");
+        self.wait_for("SHOW ssl", "on", WAIT);
+    }
+
     /// Appends to postgresql.conf (later lines win), always ending with this node's port and
     /// name: a replica's copy of the leader's file must not keep the leader's.
     fn append_settings(&self, settings: &str) {

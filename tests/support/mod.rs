@@ -7,6 +7,7 @@
 //! user would (a config file, the wire protocol, the admin HTTP endpoint, signals).
 #![allow(dead_code)] // Each test binary uses a different subset of the harness.
 
+pub mod certs;
 mod cluster;
 pub mod pgbench;
 mod proxy;
