@@ -34,21 +34,25 @@ fn psql(conninfo: &str, extra: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// Checks that psql gets answers with `sslmode=require` and with `verify-full` against the
+/// test CA; returns the `verify-full` connection options.
+fn tls_clients_are_served(conninfo: &str, certs: &Certs) -> String {
+    assert_eq!(
+        psql(conninfo, "sslmode=require", "SELECT 1").as_deref(),
+        Ok("1")
+    );
+    let verify_full = format!("sslmode=verify-full sslrootcert={}", certs.ca.display());
+    assert_eq!(psql(conninfo, &verify_full, "SELECT 2").as_deref(), Ok("2"));
+    verify_full
+}
+
 #[tokio::test]
 async fn tls_mode_require_serves_tls_clients_and_refuses_plain_ones() {
     let certs = certs::generate("pgrelay test CA");
     let proxy = Proxy::start(Cluster::shared(), &client_tls("require", &certs));
     let conninfo = proxy.conn_str("app", "app", "postgres");
 
-    assert_eq!(
-        psql(&conninfo, "sslmode=require", "SELECT 1").as_deref(),
-        Ok("1")
-    );
-    let verify_full = format!("sslmode=verify-full sslrootcert={}", certs.ca.display());
-    assert_eq!(
-        psql(&conninfo, &verify_full, "SELECT 2").as_deref(),
-        Ok("2")
-    );
+    let verify_full = tls_clients_are_served(&conninfo, &certs);
     // The certificate names localhost too.
     let by_name = conninfo.replace("host=127.0.0.1", "host=localhost");
     assert_eq!(psql(&by_name, &verify_full, "SELECT 3").as_deref(), Ok("3"));
@@ -87,15 +91,7 @@ fn tls_mode_allow_serves_plain_and_tls_clients() {
         psql(&conninfo, "sslmode=disable", "SELECT 1").as_deref(),
         Ok("1")
     );
-    assert_eq!(
-        psql(&conninfo, "sslmode=require", "SELECT 2").as_deref(),
-        Ok("2")
-    );
-    let verify_full = format!("sslmode=verify-full sslrootcert={}", certs.ca.display());
-    assert_eq!(
-        psql(&conninfo, &verify_full, "SELECT 3").as_deref(),
-        Ok("3")
-    );
+    tls_clients_are_served(&conninfo, &certs);
 }
 
 #[test]
