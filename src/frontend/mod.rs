@@ -28,7 +28,7 @@ use crate::protocol::TxStatus;
 use crate::tls::ClientTls;
 use crate::Shared;
 use error::FrontendError;
-use session::{checkout_leader, Session, SessionLogin};
+use session::{checkout_leader, PoolCache, Session, SessionLogin};
 use settings::Settings;
 use startup::{Login, Startup, TlsStage};
 
@@ -269,7 +269,8 @@ async fn run_login(
         params,
     } = login;
     let settings = Settings::from_startup(&params);
-    let mut conn = Box::pin(checkout_leader(shared, &user, &database)).await?;
+    let mut pools = PoolCache::default();
+    let mut conn = Box::pin(checkout_leader(shared, &user, &database, &mut pools)).await?;
     let (functions, needs_load) = shared.catalogs.for_database(&database);
     if needs_load {
         let timeout = shared.config.load().cluster.server_connect_timeout;

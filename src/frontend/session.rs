@@ -31,7 +31,7 @@ use super::settings::Settings;
 use crate::auth::users::UserEntry;
 use crate::config::{Consistency, HostAddr, PoolMode};
 use crate::net::Socket;
-use crate::pool::{PoolError, PoolKey, PooledConn};
+use crate::pool::{Pool, PoolError, PoolKey, PooledConn};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::{peek_header, split_frame};
 use crate::protocol::{sqlstate, tag, view, Frame, TxStatus};
@@ -205,6 +205,11 @@ pub struct Session {
     functions: SharedCatalog,
     cancel: CancelHandle,
     registered: ClientEntry,
+    /// Pools this session has used.
+    pools: PoolCache,
+    /// The `pgrelay_queries_total` series the last unit counted in: units of one client
+    /// usually take the same route.
+    route_counter: Option<(bool, Reason, IntCounter)>,
     pool_mode: PoolMode,
     max_message_size: u64,
 
@@ -347,6 +352,8 @@ impl Session {
             last_was_commit: false,
             batch: Vec::new(),
             batch_bytes: 0,
+            pools: PoolCache::default(),
+            route_counter: None,
             waiting: None,
             extended_open: false,
             skip_until_sync: false,
@@ -472,7 +479,8 @@ impl Session {
                         }
                     }, if server_pending && has_server => Event::ServerWrote(r),
                     _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
-                    _ = tokio::time::sleep(idle_limit), if idle_in_transaction => Event::IdleInTransaction,
+                    // Built only when polled: a Sleep reads the clock when it is made.
+                    _ = async { tokio::time::sleep(idle_limit).await }, if idle_in_transaction => Event::IdleInTransaction,
                 }
             };
             match event {
@@ -1493,7 +1501,9 @@ impl Session {
             }
             match decision.target {
                 Target::Leader => {
-                    let conn = checkout_leader(&self.shared, &self.user, &self.database).await?;
+                    let conn =
+                        checkout_leader(&self.shared, &self.user, &self.database, &mut self.pools)
+                            .await?;
                     break (conn, Role::Leader, decision.reason);
                 }
                 Target::Refuse => {
@@ -1505,7 +1515,10 @@ impl Session {
                 }
                 Target::Replica(i) => {
                     let host = snapshot.servers[i].host.clone();
-                    match checkout(&self.shared, &host, &self.user, &self.database).await {
+                    let pool = self
+                        .pools
+                        .get(&self.shared, &host, &self.user, &self.database);
+                    match checkout(&self.shared, &pool).await {
                         Ok(conn) => break (conn, Role::Replica(host), decision.reason),
                         Err(e) => {
                             tracing::warn!(host = %host, error = %e, "replica unavailable; banning it and routing elsewhere");
@@ -1539,17 +1552,21 @@ impl Session {
         Ok(())
     }
 
-    fn count_route(&self, role: &Role, reason: Reason) {
-        let route = match role {
-            Role::Leader => "leader",
-            Role::Replica(_) => "replica",
-        };
-        let counter: IntCounter = self
-            .shared
-            .metrics
-            .queries
-            .with_label_values(&[route, reason.as_str()]);
-        counter.inc();
+    fn count_route(&mut self, role: &Role, reason: Reason) {
+        let leader = matches!(role, Role::Leader);
+        match &self.route_counter {
+            Some((l, r, counter)) if *l == leader && *r == reason => counter.inc(),
+            _ => {
+                let route = if leader { "leader" } else { "replica" };
+                let counter: IntCounter = self
+                    .shared
+                    .metrics
+                    .queries
+                    .with_label_values(&[route, reason.as_str()]);
+                counter.inc();
+                self.route_counter = Some((leader, reason, counter));
+            }
+        }
     }
 
     /// Tells the client its unit could not run, keeping the protocol in step: a Query gets
@@ -2124,30 +2141,48 @@ fn cancel_target(conn: &PooledConn) -> CancelTarget {
 }
 
 /// Checks out a connection to `host` for the client's server user and database.
-async fn checkout(
-    shared: &Shared,
-    host: &HostAddr,
-    user: &UserEntry,
-    database: &str,
-) -> Result<PooledConn, FrontendError> {
-    let config = shared.config.load();
-    let key = PoolKey {
-        host: host.clone(),
-        user: user.server_user.clone(),
-        database: database.to_owned(),
-    };
-    let pool = shared.pools.get(&key, user.server_password.as_deref());
-    let conn = pool.checkout(config.server.query_wait_timeout).await;
+async fn checkout(shared: &Shared, pool: &Arc<Pool>) -> Result<PooledConn, FrontendError> {
+    let wait = shared.config.load().server.query_wait_timeout;
+    let conn = pool.checkout(wait).await;
     if let Err(PoolError::Backend(e)) = &conn {
         if !e.is_refusal() {
             shared
                 .metrics
                 .server_connect_failures
-                .with_label_values(&[&key.host.to_string()])
+                .with_label_values(&[&pool.key.host.to_string()])
                 .inc();
         }
     }
     Ok(conn?)
+}
+
+/// The pools one client has used, by host. A checkout through it needs no lookup in the
+/// shared map (pools are never removed from `Pools`, so an entry never goes stale).
+#[derive(Default)]
+pub struct PoolCache {
+    entries: Vec<(HostAddr, Arc<Pool>)>,
+}
+
+impl PoolCache {
+    fn get(
+        &mut self,
+        shared: &Shared,
+        host: &HostAddr,
+        user: &UserEntry,
+        database: &str,
+    ) -> Arc<Pool> {
+        if let Some((_, pool)) = self.entries.iter().find(|(h, _)| h == host) {
+            return Arc::clone(pool);
+        }
+        let key = PoolKey {
+            host: host.clone(),
+            user: user.server_user.clone(),
+            database: database.to_owned(),
+        };
+        let pool = shared.pools.get(&key, user.server_password.as_deref());
+        self.entries.push((host.clone(), Arc::clone(&pool)));
+        pool
+    }
 }
 
 /// Checks out a connection to the current leader, waiting up to `failover_timeout` for one
@@ -2156,6 +2191,7 @@ pub async fn checkout_leader(
     shared: &Shared,
     user: &UserEntry,
     database: &str,
+    pools: &mut PoolCache,
 ) -> Result<PooledConn, FrontendError> {
     let failover_timeout = shared.config.load().cluster.failover_timeout;
     let deadline = Instant::now() + failover_timeout;
@@ -2164,7 +2200,8 @@ pub async fn checkout_leader(
         let now = Instant::now();
         if let Some(l) = snapshot.leader() {
             let leader = l.host.clone();
-            match checkout(shared, &leader, user, database).await {
+            let pool = pools.get(shared, &leader, user, database);
+            match checkout(shared, &pool).await {
                 // The leader the snapshot names cannot be reached: it may have just died,
                 // before the monitor noticed. Wait for the next snapshot instead of failing
                 // the write, as long as failover_timeout allows.
