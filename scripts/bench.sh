@@ -5,7 +5,8 @@
 #
 #   1. pgbench -S (scale 10), -M simple and -M prepared, -c 16 -j 2, against PostgreSQL
 #      directly (leader, one replica), PgBouncer (transaction pooling, pool_size 20, leader) and
-#      pgrelay (transaction mode, reads to replicas); then added latency with -c 1 (average and
+#      pgrelay (transaction mode, reads to replicas; and again with the leader as its only
+#      host, PgBouncer's setup, to compare the proxies alone); then added latency with -c 1 (average and
 #      p50 from pgbench's per-transaction log), direct vs through pgrelay.
 #   2. Hot-key reads (100-row "products" table, random id, -M prepared -c 16): direct, and
 #      pgrelay with the cache off, on Redis, and in memory.
@@ -220,8 +221,9 @@ start_pgbouncer || problem "$PGB_FAIL"
 
 # ---- pgrelay configs -------------------------------------------------------------------------
 
-# relay_config FILE CACHE (off | redis | memory)
+# relay_config FILE CACHE (off | redis | memory) [HOSTS (default: leader and both replicas)]
 relay_config() {
+    local hosts=${3:-"\"127.0.0.1:$LEADER_PORT\", \"127.0.0.1:$REPLICA1_PORT\", \"127.0.0.1:$REPLICA2_PORT\""}
     {
         cat <<TOML
 [server]
@@ -231,7 +233,7 @@ pool_mode = "transaction"
 max_server_connections = 20
 
 [cluster]
-hosts = ["127.0.0.1:$LEADER_PORT", "127.0.0.1:$REPLICA1_PORT", "127.0.0.1:$REPLICA2_PORT"]
+hosts = [$hosts]
 
 [[users]]
 name = "app"
@@ -245,6 +247,10 @@ TOML
     } >"$1"
 }
 for c in off redis memory; do relay_config "$WORK/pgrelay-$c.toml" "$c"; done
+# The leader alone, as PgBouncer is configured: the same server processes on the same cores,
+# so the ratio to PgBouncer is the proxies' own cost (reads spread over two replicas that
+# share this machine's cores pay for a second server's caches).
+relay_config "$WORK/pgrelay-leader.toml" off "\"127.0.0.1:$LEADER_PORT\""
 
 RELAY_RUN_FAIL=
 relay_up() { # relay_up NAME: (re)start pgrelay with pgrelay-NAME.toml unless it already runs
@@ -260,7 +266,9 @@ relay_up() { # relay_up NAME: (re)start pgrelay with pgrelay-NAME.toml unless it
     RELAY_STARTS=$((RELAY_STARTS + 1))
     local inst=$1-$RELAY_STARTS
     RELAY_LOGS+=("$inst:$WORK/pgrelay-$inst.log")
-    if pgrelay_start "$inst" "$WORK/pgrelay-$1.toml"; then
+    local reads_on=replica
+    [[ $1 == leader ]] && reads_on=leader
+    if pgrelay_start "$inst" "$WORK/pgrelay-$1.toml" "$reads_on"; then
         RELAY_RUN_FAIL=
     else
         RELAY_RUN_FAIL=$RELAY_FAIL
@@ -281,7 +289,7 @@ if ((WARMUP > 0)); then
 fi
 
 relay_up off
-TARGETS=(direct_leader direct_replica pgbouncer pgrelay)
+TARGETS=(direct_leader direct_replica pgbouncer pgrelay pgrelay_leader_only)
 for mode in "${MODES[@]}"; do
     args=(-S -M "$mode" -c "$CLIENTS" -j "$THREADS")
     measure "S-$mode-direct_leader" "$LEADER_PORT" pgbench_accounts "$SECS" "${args[@]}"
@@ -303,6 +311,13 @@ for mode in "${MODES[@]}"; do
     else
         NOTE[S-$mode-pgrelay]="n/a ($RELAY_RUN_FAIL)"
     fi
+    relay_up leader
+    if [[ -n $RELAY_NAME ]]; then
+        PROXY_PID=$RELAY_PID measure "S-$mode-pgrelay_leader_only" "$RELAY_PORT" pgbench_accounts "$SECS" "${args[@]}"
+    else
+        NOTE[S-$mode-pgrelay_leader_only]="n/a ($RELAY_RUN_FAIL)"
+    fi
+    relay_up off
 done
 
 # ---- added latency ---------------------------------------------------------------------------
@@ -387,6 +402,7 @@ for mode in "${MODES[@]}"; do
     RATIO[$mode-leader]=$(ratio "${TPS[$r-pgrelay]:-}" "${TPS[$r-direct_leader]:-}")
     RATIO[$mode-replica]=$(ratio "${TPS[$r-pgrelay]:-}" "${TPS[$r-direct_replica]:-}")
     RATIO[$mode-pgbouncer]=$(ratio "${TPS[$r-pgrelay]:-}" "${TPS[$r-pgbouncer]:-}")
+    RATIO[$mode-pgbouncer-same-server]=$(ratio "${TPS[$r-pgrelay_leader_only]:-}" "${TPS[$r-pgbouncer]:-}")
     printf '%-9s %22s %22s %22s\n' "$mode" "${RATIO[$mode-leader]:-n/a}" "${RATIO[$mode-replica]:-n/a}" "${RATIO[$mode-pgbouncer]:-n/a}"
 done
 
@@ -457,6 +473,7 @@ for mode in "${MODES[@]}"; do
     kv "select.$mode.ratio.pgrelay_over_direct_leader" "${RATIO[$mode-leader]:-}"
     kv "select.$mode.ratio.pgrelay_over_direct_replica" "${RATIO[$mode-replica]:-}"
     kv "select.$mode.ratio.pgrelay_over_pgbouncer" "${RATIO[$mode-pgbouncer]:-}"
+    kv "select.$mode.ratio.pgrelay_leader_only_over_pgbouncer" "${RATIO[$mode-pgbouncer-same-server]:-}"
     for t in direct pgrelay; do
         k=lat-$mode-$t
         kv "latency.$mode.$t.avg_us" "$([[ -n ${LAT[$k]:-} ]] && awk -v l="${LAT[$k]}" 'BEGIN { printf "%.0f", l * 1000 }')"

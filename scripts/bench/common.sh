@@ -161,10 +161,11 @@ prepare_pgrelay() {
 
 RELAY_PID=
 RELAY_LOG=
-# pgrelay_start NAME CONFIG: starts pgrelay and waits until it has a leader and sends reads to
-# a replica. Returns 1 with RELAY_FAIL set when it cannot.
+# pgrelay_start NAME CONFIG [READS_ON]: starts pgrelay and waits until it has a leader and
+# (unless READS_ON is "leader", for a config without replicas) sends reads to a replica.
+# Returns 1 with RELAY_FAIL set when it cannot.
 pgrelay_start() {
-    local name=$1 config=$2 i
+    local name=$1 config=$2 reads_on=${3:-replica} i
     RELAY_FAIL='' RELAY_LOG=$WORK/pgrelay-$name.log
     if [[ -z $RELAY_BIN ]]; then
         RELAY_FAIL=$RELAY_UNAVAILABLE
@@ -194,6 +195,7 @@ pgrelay_start() {
         RELAY_FAIL="not ready after 10 s: $(http_get "$RELAY_ADMIN_PORT" /readyz | head -n1)"
         return 1
     fi
+    [[ $reads_on == leader ]] && return 0
     # Reads should reach a replica once the monitor has probed them (probe_interval 250ms).
     for i in $(seq 40); do
         [[ $(relay_psql -c "SELECT pg_is_in_recovery()" 2>/dev/null) == t ]] && return 0
