@@ -112,15 +112,16 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
 
 /// tokio-postgres returns from `prepare` before the ReadyForQuery, so the next request
 /// (here a COPY) reaches pgrelay while it still holds a write's ReadyForQuery for the cache
-/// invalidation. The answer to that request must not overtake the held ReadyForQuery: the
-/// client would file it under the previous request and wait forever.
+/// invalidation (the table has a cache rule, so its writes are invalidated). The answer to
+/// that request must not overtake the held ReadyForQuery: the client would file it under the
+/// previous request and wait forever.
 #[tokio::test]
 async fn request_sent_before_a_writes_ready_for_query_is_answered_in_order() {
     let cluster = Cluster::shared();
     cluster
         .leader
         .psql("CREATE TABLE IF NOT EXISTS cl_pipelined (id int); GRANT ALL ON cl_pipelined TO app");
-    let proxy = Proxy::start(cluster, "");
+    let proxy = Proxy::start(cluster, "[[cache.rules]]\ntables = [\"cl_pipelined\"]");
     let client = proxy.connect("app", "app").await;
     for round in 0..100i32 {
         let step = async {

@@ -37,13 +37,13 @@ async fn stopping_a_replica_mid_load_loses_no_read_and_it_comes_back() {
             client
                 .query_one(&stmt, &[])
                 .await
-                .unwrap_or_else(|e| panic!("read {i} failed: {e}"))
+                .unwrap_or_else(|e| panic!("read {i} failed: {e:?}"))
                 .get::<_, i32>(0) as u16
         } else {
             let rows = client
                 .simple_query("SELECT inet_server_port()")
                 .await
-                .unwrap_or_else(|e| panic!("read {i} failed: {e}"));
+                .unwrap_or_else(|e| panic!("read {i} failed: {e:?}"));
             rows.iter()
                 .find_map(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(r) => {
@@ -72,5 +72,42 @@ async fn stopping_a_replica_mid_load_loses_no_read_and_it_comes_back() {
     assert!(
         after.get(&victim).copied().unwrap_or(0) > 0,
         "the restarted replica never came back: {after:?}"
+    );
+}
+
+/// A pooled replica connection the server has just terminated (FATAL 57P01, as on shutdown)
+/// is noticed only when a read is sent on it. That read is run on another server instead of
+/// failing: the client never sees the FATAL.
+#[tokio::test]
+async fn a_read_on_a_terminated_replica_connection_runs_elsewhere() {
+    let cluster = Cluster::start();
+    let proxy = Proxy::start(
+        &cluster,
+        "max_server_connections = 1\n[cluster]\nban_time = \"1s\"",
+    );
+    let client = proxy.connect("app", "app").await;
+    let read = "SELECT inet_server_port(), pg_is_in_recovery()";
+    for round in 0..20 {
+        // Both replicas now hold an idle pooled connection used a moment ago.
+        for _ in 0..2 {
+            client.simple_query(read).await.expect("warm-up read");
+        }
+        for replica in &cluster.replicas {
+            replica.psql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app'",
+            );
+        }
+        for i in 0..2 {
+            client
+                .simple_query(read)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, read {i} after the terminate: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains("pgrelay_reads_rerouted_total{reason=\"replica_failed\"}"),
+        "no read was run elsewhere:\n{metrics}"
     );
 }

@@ -290,6 +290,17 @@ enum Event {
     IdleInTransaction,
 }
 
+/// A FATAL error saying the server is going away (shutdown, crash, or not accepting
+/// connections): nothing the statement did caused it, so the statement may run elsewhere.
+fn server_going_away(body: &[u8]) -> bool {
+    let fields = view::error_fields(body);
+    fields.severity.as_deref() == Some("FATAL")
+        && fields
+            .code
+            .as_deref()
+            .is_some_and(|c| matches!(c, "57P01" | "57P02" | "57P03") || c.starts_with("08"))
+}
+
 /// Whether pgrelay must see the whole of a server message of this type before forwarding it.
 fn inspected(t: u8) -> bool {
     matches!(
@@ -1624,6 +1635,18 @@ impl Session {
                 }
             };
             let own = matches!(self.replies.front(), Some(Reply::Own(_)));
+            if !own && fwd == 0 && self.replay.is_some() && header.tag == tag::NOTICE_RESPONSE {
+                // A notice is not part of a read's answer (a replica shutting down sends one
+                // before closing): the client gets it, and the read may still run elsewhere.
+                if self.sin.len() < header.total_len {
+                    self.sin.reserve(header.total_len - self.sin.len());
+                    break;
+                }
+                let notice = self.sin.split_to(header.total_len).freeze();
+                self.to_client_len += notice.len();
+                self.to_client.push_back(notice);
+                continue;
+            }
             if !own && !inspected(header.tag) {
                 self.s_passthrough = header.total_len;
                 continue;
@@ -1633,6 +1656,19 @@ impl Session {
                 break;
             }
             let body = fwd + 5..fwd + header.total_len;
+            if header.tag == tag::ERROR_RESPONSE
+                && fwd == 0
+                && self.replay.is_some()
+                && server_going_away(&self.sin[body.clone()])
+            {
+                // A replica shutting down answered before the client saw anything of this
+                // read: run it elsewhere instead of passing the FATAL on.
+                let reason = view::error_fields(&self.sin[body])
+                    .message
+                    .unwrap_or_else(|| "server is shutting down".to_owned());
+                self.server_lost(&reason);
+                return;
+            }
             if self.on_server_message(header.tag, body) {
                 fwd += header.total_len;
             } else {
@@ -1991,6 +2027,9 @@ impl Session {
     /// The server went away under the client: tell the client, in step with the protocol,
     /// and drop the connection.
     fn server_lost(&mut self, reason: &str) {
+        if self.replay_elsewhere(reason) {
+            return;
+        }
         let Some(a) = self.server.take() else {
             return;
         };
@@ -2043,6 +2082,62 @@ impl Session {
             self.extended_open = false;
             self.skip_until_sync = true;
         }
+    }
+
+    /// Reads a replica had not begun to answer when it failed are run again: the connection is
+    /// dropped, the replica banned, and every client message sent through it goes back in
+    /// front of the unread client input, to be routed anew. Only for autocommit units (a
+    /// transaction's BEGIN is not among the kept messages). Returns whether it did so.
+    fn replay_elsewhere(&mut self, reason: &str) -> bool {
+        let on_replica = matches!(
+            self.server.as_ref().map(|a| &a.role),
+            Some(Role::Replica(_))
+        );
+        if !on_replica
+            || self.pinned
+            || self.tx != TxStatus::Idle
+            || self.deferred_begin.is_some()
+            || self.copy_in
+            || self.replay.as_ref().is_none_or(|kept| kept.is_empty())
+        {
+            return false;
+        }
+        let (Some(kept), Some(a)) = (self.replay.take(), self.server.take()) else {
+            return false;
+        };
+        tracing::warn!(user = self.user.name(), host = %a.conn.host(), reason, "replica failed before answering; running the read elsewhere");
+        if let Role::Replica(host) = &a.role {
+            let ban_time = self.shared.config.load().cluster.ban_time;
+            self.shared.bans.ban(host, Instant::now() + ban_time);
+        }
+        a.conn.discard();
+        self.shared
+            .metrics
+            .reads_rerouted
+            .with_label_values(&["replica_failed"])
+            .inc();
+        self.cancel.set(None);
+        self.registered.set_server(None);
+        self.registered.set_state(ClientState::Idle);
+        self.to_server.clear();
+        self.to_server_len = 0;
+        self.sin.clear();
+        self.s_passthrough = 0;
+        self.parse_close.clear();
+        self.fill = None;
+        self.replies.clear();
+        self.done_batches = self.sent_batches;
+        self.extended_open = false;
+        self.batch_failed = false;
+        self.tx_effects = Effects::default();
+        let kept_len: usize = kept.iter().map(Bytes::len).sum();
+        let mut input = BytesMut::with_capacity(kept_len + self.cin.len());
+        for message in &kept {
+            input.extend_from_slice(message);
+        }
+        input.extend_from_slice(&self.cin);
+        self.cin = input;
+        true
     }
 
     fn send_error(&mut self, severity: Severity, code: &str, text: &str) {
