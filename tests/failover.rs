@@ -515,11 +515,13 @@ fn split_brain_writes_go_only_to_the_higher_timeline() {
 
     // Nothing of pgrelay's stays connected to the fenced server but the monitor: the pooled
     // idle connections were closed at the switch, the held one when its transaction ended.
-    let pooled_sql = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
+    // Listed (name, state, query) rather than counted, so a failure shows what stayed.
+    let pooled_sql = "SELECT coalesce(string_agg(application_name || ' ' || state || ' ' \
+                      || left(query, 60), '; '), '') FROM pg_stat_activity WHERE usename = 'app' \
                       AND backend_type = 'client backend' AND application_name <> 'pgrelay monitor'";
     cluster
         .leader
-        .wait_for(pooled_sql, "0", Duration::from_secs(5));
+        .wait_for(pooled_sql, "", Duration::from_secs(5));
     let metrics = proxy.metrics();
     for state in ["idle", "active"] {
         let series =

@@ -65,10 +65,17 @@ async fn tls_mode_require_serves_tls_clients_and_refuses_plain_ones() {
     )
     .expect_err("a certificate from an unknown CA was accepted");
     assert!(err.contains("certificate verify failed"), "{err}");
-    // The admin console is reached the same way.
+    // The admin console is reached the same way, and lists itself as a TLS client.
     let console = proxy.conn_str("admin_user", "admin", "pgrelay");
     let servers = psql(&console, "sslmode=require", "SHOW SERVERS").expect("console over TLS");
     assert_eq!(servers.lines().count(), 3, "{servers}");
+    let clients = psql(&console, "sslmode=require", "SHOW CLIENTS").expect("SHOW CLIENTS");
+    assert!(
+        clients
+            .lines()
+            .any(|row| row.contains("|admin_user|pgrelay|") && row.contains("|yes|")),
+        "{clients}"
+    );
 
     // Plain clients: psql with sslmode=disable, and tokio-postgres without TLS.
     let err = psql(&conninfo, "sslmode=disable", "SELECT 1").expect_err("plain client served");
@@ -92,6 +99,14 @@ fn tls_mode_allow_serves_plain_and_tls_clients() {
         Ok("1")
     );
     tls_clients_are_served(&conninfo, &certs);
+    let console = proxy.conn_str("admin_user", "admin", "pgrelay");
+    let clients = psql(&console, "sslmode=disable", "SHOW CLIENTS").expect("SHOW CLIENTS");
+    assert!(
+        clients
+            .lines()
+            .any(|row| row.contains("|admin_user|pgrelay|") && row.contains("|no|")),
+        "{clients}"
+    );
 }
 
 #[test]

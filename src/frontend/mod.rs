@@ -168,7 +168,9 @@ async fn handle_client(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr)
         user: user_name.clone(),
     };
     tracing::info!(user = %user_name, database = %database, client = %peer, "client connected");
-    let registered = shared.client_registry.register(&user_name, &database, peer);
+    let registered = shared
+        .client_registry
+        .register(&user_name, &database, peer, stream.is_tls());
     let result = if database == crate::admin::console::DATABASE {
         // The console refuses users not in admin_users (28000) itself.
         crate::admin::console::serve(Arc::clone(&shared), &mut stream, login.user).await

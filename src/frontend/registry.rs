@@ -59,6 +59,8 @@ pub struct ClientInfo {
     pub user: String,
     pub database: String,
     pub addr: SocketAddr,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
     pub connected_at: SystemTime,
     pub age: Duration,
     pub state: ClientState,
@@ -73,6 +75,7 @@ struct Record {
     user: String,
     database: String,
     addr: SocketAddr,
+    tls: bool,
     connected_at: SystemTime,
     connected: Instant,
     state: AtomicU8,
@@ -100,13 +103,14 @@ pub struct ClientEntry {
 
 impl ClientRegistry {
     /// Adds a client that just logged in, in state `Idle` with no server.
-    pub fn register(&self, user: &str, database: &str, addr: SocketAddr) -> ClientEntry {
+    pub fn register(&self, user: &str, database: &str, addr: SocketAddr, tls: bool) -> ClientEntry {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let record = Arc::new(Record {
             id,
             user: user.to_owned(),
             database: database.to_owned(),
             addr,
+            tls,
             connected_at: SystemTime::now(),
             connected: Instant::now(),
             state: AtomicU8::new(ClientState::Idle.as_u8()),
@@ -140,6 +144,7 @@ impl ClientRegistry {
                 user: r.user.clone(),
                 database: r.database.clone(),
                 addr: r.addr,
+                tls: r.tls,
                 connected_at: r.connected_at,
                 age: r.connected.elapsed(),
                 state: ClientState::from_u8(r.state.load(Ordering::Relaxed)),
@@ -205,8 +210,8 @@ mod tests {
     #[test]
     fn a_client_is_listed_while_connected_and_gone_after() {
         let registry = ClientRegistry::default();
-        let a = registry.register("app", "shop", addr(40000));
-        let b = registry.register("admin", "pgrelay", addr(40001));
+        let a = registry.register("app", "shop", addr(40000), false);
+        let b = registry.register("admin", "pgrelay", addr(40001), true);
         let listed = registry.list();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].user, "app");
@@ -214,6 +219,8 @@ mod tests {
         assert_eq!(listed[0].addr, addr(40000));
         assert_eq!(listed[0].state, ClientState::Idle);
         assert_eq!(listed[0].server, None);
+        assert!(!listed[0].tls);
+        assert!(listed[1].tls);
         assert!(listed[0].id < listed[1].id);
         drop(a);
         let listed = registry.list();
@@ -226,7 +233,7 @@ mod tests {
     #[test]
     fn state_and_server_follow_the_session() {
         let registry = ClientRegistry::default();
-        let client = registry.register("app", "postgres", addr(40002));
+        let client = registry.register("app", "postgres", addr(40002), false);
         let replica = HostAddr {
             host: "127.0.0.1".into(),
             port: 5433,

@@ -2308,6 +2308,19 @@ pub async fn checkout_leader(
                     let _ = tokio::time::timeout(left, shared.topology.changed()).await;
                     continue;
                 }
+                // The topology may have changed while this waited for a connection: a server
+                // that stopped being the leader meanwhile (fenced, demoted) gets no write.
+                Ok(conn)
+                    if shared
+                        .topology
+                        .snapshot()
+                        .leader()
+                        .is_none_or(|l| l.host != leader) =>
+                {
+                    tracing::info!(host = %leader, "the leader changed during checkout; trying again");
+                    conn.discard();
+                    continue;
+                }
                 other => return other,
             }
         }
