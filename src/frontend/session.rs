@@ -2034,21 +2034,7 @@ impl Session {
             return;
         };
         tracing::warn!(user = self.user.name(), host = %a.conn.host(), reason, "server connection lost");
-        if let Role::Replica(host) = &a.role {
-            let ban_time = self.shared.config.load().cluster.ban_time;
-            self.shared.bans.ban(host, Instant::now() + ban_time);
-        }
-        a.conn.discard();
-        self.cancel.set(None);
-        self.registered.set_server(None);
-        self.registered.set_state(ClientState::Idle);
-        self.to_server.clear();
-        self.to_server_len = 0;
-        self.sin.clear();
-        self.s_passthrough = 0;
-        self.parse_close.clear();
-        self.copy_in = false;
-        self.fill = None;
+        self.drop_failed_server(a);
         if let Some((tables, whole_database)) = self.invalidate_after_commit.take() {
             // The commit happened; only its LSN is unknown.
             self.pending_invalidation = Some(PendingInvalidation {
@@ -2084,6 +2070,26 @@ impl Session {
         }
     }
 
+    /// Forgets a failed server connection: bans its host if it is a replica, closes it, and
+    /// clears everything buffered to or from it.
+    fn drop_failed_server(&mut self, a: Attached) {
+        if let Role::Replica(host) = &a.role {
+            let ban_time = self.shared.config.load().cluster.ban_time;
+            self.shared.bans.ban(host, Instant::now() + ban_time);
+        }
+        a.conn.discard();
+        self.cancel.set(None);
+        self.registered.set_server(None);
+        self.registered.set_state(ClientState::Idle);
+        self.to_server.clear();
+        self.to_server_len = 0;
+        self.sin.clear();
+        self.s_passthrough = 0;
+        self.parse_close.clear();
+        self.copy_in = false;
+        self.fill = None;
+    }
+
     /// Reads a replica had not begun to answer when it failed are run again: the connection is
     /// dropped, the replica banned, and every client message sent through it goes back in
     /// front of the unread client input, to be routed anew. Only for autocommit units (a
@@ -2106,25 +2112,12 @@ impl Session {
             return false;
         };
         tracing::warn!(user = self.user.name(), host = %a.conn.host(), reason, "replica failed before answering; running the read elsewhere");
-        if let Role::Replica(host) = &a.role {
-            let ban_time = self.shared.config.load().cluster.ban_time;
-            self.shared.bans.ban(host, Instant::now() + ban_time);
-        }
-        a.conn.discard();
         self.shared
             .metrics
             .reads_rerouted
             .with_label_values(&["replica_failed"])
             .inc();
-        self.cancel.set(None);
-        self.registered.set_server(None);
-        self.registered.set_state(ClientState::Idle);
-        self.to_server.clear();
-        self.to_server_len = 0;
-        self.sin.clear();
-        self.s_passthrough = 0;
-        self.parse_close.clear();
-        self.fill = None;
+        self.drop_failed_server(a);
         self.replies.clear();
         self.done_batches = self.sent_batches;
         self.extended_open = false;
