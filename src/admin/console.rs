@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::net::Socket;
 use bytes::BytesMut;
 use prometheus::core::{Collector, Metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +21,7 @@ use crate::auth::users::UserEntry;
 use crate::cache::CacheStats;
 use crate::config::{Config, LagBudget, PoolMode};
 use crate::frontend::error::FrontendError;
+use crate::net::Socket;
 use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::split_frame;
 use crate::protocol::{sqlstate, tag, view, TxStatus};

@@ -17,9 +17,8 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::net::Socket;
-
 use crate::config::HostAddr;
+use crate::net::Socket;
 use crate::protocol::frame::split_frame;
 use crate::protocol::view::{self, ErrorFields};
 use crate::protocol::{sqlstate, tag, Frame, TxStatus};

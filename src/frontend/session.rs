@@ -2228,7 +2228,7 @@ fn cancel_target(conn: &PooledConn) -> CancelTarget {
     }
 }
 
-/// Checks out a connection to `host` for the client's server user and database.
+/// Checks out a connection from `pool`, counting a failure to reach its server.
 async fn checkout(shared: &Shared, pool: &Arc<Pool>) -> Result<PooledConn, FrontendError> {
     let wait = shared.config.load().server.query_wait_timeout;
     let conn = pool.checkout(wait).await;
