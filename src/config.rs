@@ -125,6 +125,23 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Threads that serve clients. `0` (the default) means one per CPU core. On a machine
+    /// whose cores PostgreSQL or the application also use, fewer threads can cost less CPU
+    /// per query (1 is PgBouncer's model). Restart only.
+    pub workers: usize,
+}
+
+/// More threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
+impl ServerConfig {
+    /// The number of client-serving threads to start: `workers`, or one per CPU core.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -146,6 +163,7 @@ impl Default for ServerConfig {
             tls_mode: ClientTlsMode::Disable,
             tls_cert: None,
             tls_key: None,
+            workers: 0,
         }
     }
 }
@@ -450,13 +468,49 @@ impl fmt::Debug for CacheConfig {
 
 /// One `[[cache.rules]]` entry: reads touching only these tables are cached.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "CacheRuleToml")]
 pub struct CacheRule {
     /// Table names this rule applies to. Required, non-empty.
     pub tables: Vec<String>,
     /// Lifetime of results cached under this rule. Default: `cache.default_ttl`.
-    #[serde(default, deserialize_with = "optional_duration")]
     pub ttl: Option<Duration>,
+    /// `tables`, each split into unquoted, lower-cased name parts once, for matching.
+    table_parts: Vec<Vec<String>>,
+}
+
+impl CacheRule {
+    pub fn new(tables: Vec<String>, ttl: Option<Duration>) -> CacheRule {
+        let table_parts = tables
+            .iter()
+            .map(|t| crate::cache::invalidate::name_parts(t))
+            .collect();
+        CacheRule {
+            tables,
+            ttl,
+            table_parts,
+        }
+    }
+
+    /// Each table name split into its unquoted, lower-cased parts (`shop.products` →
+    /// `["shop", "products"]`).
+    pub fn table_parts(&self) -> &[Vec<String>] {
+        &self.table_parts
+    }
+}
+
+/// A `[[cache.rules]]` entry as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheRuleToml {
+    tables: Vec<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    ttl: Option<Duration>,
+}
+
+impl From<CacheRuleToml> for CacheRule {
+    fn from(rule: CacheRuleToml) -> CacheRule {
+        CacheRule::new(rule.tables, rule.ttl)
+    }
 }
 
 /// When a server connection is returned to the pool.
@@ -777,6 +831,13 @@ impl ServerConfig {
                 "server.admin_listen",
                 self.admin_listen,
                 "must differ from server.listen: both cannot bind the same address",
+            ));
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "server.workers",
+                self.workers,
+                format!("must be at most {MAX_WORKERS} (0 means one per CPU core)"),
             ));
         }
         if self.max_client_connections == 0 {
@@ -1693,6 +1754,32 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("users[0].pasword"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_are_bounded() {
+        let config = parse_ok(HOSTS);
+        assert_eq!(config.server.workers, 0);
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(config.server.worker_threads(), cores);
+        let three = parse_ok(&format!("{HOSTS}[server]\nworkers = 3\n"));
+        assert_eq!(three.server.worker_threads(), 3);
+        let (key, value, reason) = refused(&format!("{HOSTS}[server]\nworkers = 5000\n"));
+        assert_eq!((key.as_str(), value.as_str()), ("server.workers", "5000"));
+        assert!(reason.contains("at most 1024"), "{reason}");
+    }
+
+    #[test]
+    fn cache_rule_tables_are_split_into_name_parts_when_loaded() {
+        let config = parse_ok(&format!(
+            "{HOSTS}[[cache.rules]]\ntables = ['Shop.\"Order Items\"', \"products\"]\n"
+        ));
+        let rule = &config.cache.rules[0];
+        assert_eq!(rule.tables, ["Shop.\"Order Items\"", "products"]);
+        assert_eq!(
+            rule.table_parts(),
+            [vec!["shop", "order items"], vec!["products"]]
+        );
     }
 
     #[test]

@@ -370,6 +370,7 @@ fn keep_restart_only_keys(running: &Config, next: &mut Config) -> Vec<&'static s
     keep!(server.admin_listen);
     keep!(server.pool_mode);
     keep!(server.log_format);
+    keep!(server.workers);
     keep!(cluster.hosts);
     keep!(cluster.patroni);
     keep!(cluster.monitor_user);

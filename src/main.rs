@@ -45,6 +45,7 @@ fn main() -> ExitCode {
     }
     init_logging(config.server.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads())
         .enable_all()
         .build()
     {

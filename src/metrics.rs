@@ -21,6 +21,8 @@ pub struct Metrics {
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
     pub queries: IntCounterVec,
+    /// `queries{route="cache",reason="hit"}`, resolved once: it moves on every cache hit.
+    pub queries_answered_by_cache: IntCounter,
     pub transactions: IntCounter,
     pub errors: IntCounterVec,
     pub query_duration: Histogram,
@@ -126,6 +128,12 @@ impl Metrics {
     // programming error, which the unit test below catches, so panicking there is right.
     pub fn new() -> Metrics {
         let r = Registry::new();
+        let queries = counter_vec(
+            &r,
+            "pgrelay_queries_total",
+            "Units of client work (a Query string, an extended-protocol batch) by the server they were routed to and the rule that decided.",
+            &["route", "reason"],
+        );
         Metrics {
             client_connections: gauge(&r, "pgrelay_client_connections", "Client connections currently open."),
             client_connections_total: counter(&r, "pgrelay_client_connections_total", "Client connections accepted."),
@@ -138,12 +146,8 @@ impl Metrics {
             auth_failures: counter(&r, "pgrelay_auth_failures_total", "Client logins refused for bad credentials."),
             client_bytes_received: counter(&r, "pgrelay_client_bytes_received_total", "Bytes received from clients."),
             client_bytes_sent: counter(&r, "pgrelay_client_bytes_sent_total", "Bytes sent to clients."),
-            queries: counter_vec(
-                &r,
-                "pgrelay_queries_total",
-                "Units of client work (a Query string, an extended-protocol batch) by the server they were routed to and the rule that decided.",
-                &["route", "reason"],
-            ),
+            queries_answered_by_cache: queries.with_label_values(&["cache", "hit"]),
+            queries,
             transactions: counter(&r, "pgrelay_transactions_total", "Server connection checkouts that ended idle (transactions and autocommit statements)."),
             errors: counter_vec(
                 &r,

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgrelay::cache::{
-    AnsweredBy, BreakerState, Cache, CacheError, FillOutcome, KeyInput, Lookup, StoreKind,
-    FAILURES_TO_OPEN,
+    cache_key, relation_names, AnsweredBy, BreakerState, Cache, CacheError, FillOutcome, KeyInput,
+    Lookup, StoreKind, FAILURES_TO_OPEN,
 };
 use pgrelay::config::CacheConfig;
 use pgrelay::metrics::Metrics;
@@ -187,6 +187,16 @@ fn response(tag: &str) -> Bytes {
     ))
 }
 
+/// Looks `input` up as a session does: by its key and the relation names of `tables`.
+async fn look_up(cache: &Cache, input: &KeyInput<'_>, tables: &[String]) -> Lookup {
+    let relations = relation_names(tables);
+    bounded(
+        "lookup",
+        cache.lookup(input.database, cache_key(input), &relations),
+    )
+    .await
+}
+
 async fn bounded<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(HANG, call)
         .await
@@ -201,7 +211,7 @@ async fn fill_from(
     answered_by: AnsweredBy,
     body: Bytes,
 ) -> FillOutcome {
-    match bounded("lookup", cache.lookup(input, tables)).await {
+    match look_up(cache, input, tables).await {
         Lookup::Miss(Some(fill)) => bounded("fill", cache.fill(fill, answered_by, body, TTL)).await,
         other => panic!("expected a miss with a fill ticket, got {other:?}"),
     }
@@ -224,7 +234,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 async fn hit(cache: &Cache, input: &KeyInput<'_>, tables: &[String]) -> Option<Bytes> {
-    match bounded("lookup", cache.lookup(input, tables)).await {
+    match look_up(cache, input, tables).await {
         Lookup::Hit(bytes) => Some(bytes),
         Lookup::Miss(_) => None,
     }
@@ -263,7 +273,7 @@ async fn entries_expire_after_their_ttl(config: CacheConfig) {
     let cache = cache(&config);
     let none = [];
     let input = read("app", SQL, &none);
-    let Lookup::Miss(Some(fill)) = cache.lookup(&input, &products()).await else {
+    let Lookup::Miss(Some(fill)) = look_up(&cache, &input, &products()).await else {
         panic!("expected a miss with a ticket");
     };
     let outcome = cache
@@ -341,7 +351,7 @@ async fn lookup_and_fill_take_one_round_trip_each() {
     assert!(hit(&cache, &input, &tables).await.is_none());
     let requests = || async { cache.stats().await.store_requests };
     let before = requests().await;
-    let Lookup::Miss(Some(fill)) = cache.lookup(&input, &tables).await else {
+    let Lookup::Miss(Some(fill)) = look_up(&cache, &input, &tables).await else {
         panic!("expected a miss with a ticket");
     };
     assert_eq!(
@@ -588,7 +598,7 @@ async fn redis_down_calls_fail_without_hanging() {
     redis.stop();
     for _ in 0..2 * FAILURES_TO_OPEN {
         assert!(matches!(
-            bounded("lookup", cache.lookup(&input, &products())).await,
+            look_up(&cache, &input, &products()).await,
             Lookup::Miss(None)
         ));
         assert!(
@@ -633,7 +643,7 @@ async fn open_breaker_keeps_calls_away_from_redis() {
     let requests = cache.stats().await.store_requests;
     for _ in 0..20 {
         assert!(matches!(
-            cache.lookup(&input, &products()).await,
+            look_up(&cache, &input, &products()).await,
             Lookup::Miss(None)
         ));
         assert!(matches!(
@@ -663,7 +673,7 @@ async fn restarted_redis_is_used_again_by_itself() {
     redis.stop();
     for _ in 0..FAILURES_TO_OPEN {
         assert!(matches!(
-            bounded("lookup", cache.lookup(&input, &products())).await,
+            look_up(&cache, &input, &products()).await,
             Lookup::Miss(None)
         ));
     }
@@ -672,7 +682,7 @@ async fn restarted_redis_is_used_again_by_itself() {
     let body = response("after restart");
     eventually(
         "the cache to be used again after Redis came back",
-        async || match bounded("lookup", cache.lookup(&input, &products())).await {
+        async || match look_up(&cache, &input, &products()).await {
             Lookup::Miss(Some(fill)) => {
                 let outcome = cache.fill(fill, AnsweredBy::Leader, body.clone(), TTL);
                 bounded("fill", outcome).await == FillOutcome::Stored
@@ -693,12 +703,12 @@ async fn pgrelay_starts_with_redis_down_and_uses_it_once_up() {
     let none = [];
     let input = read("app", SQL, &none);
     assert!(matches!(
-        bounded("lookup", cache.lookup(&input, &products())).await,
+        look_up(&cache, &input, &products()).await,
         Lookup::Miss(None)
     ));
     redis.restart();
     eventually("the cache to be used once Redis is up", async || {
-        let lookup = bounded("lookup", cache.lookup(&input, &products())).await;
+        let lookup = look_up(&cache, &input, &products()).await;
         matches!(lookup, Lookup::Miss(Some(_)))
     })
     .await;
@@ -718,7 +728,7 @@ async fn frozen_redis_times_out_instead_of_hanging() {
     ));
     for _ in 0..2 * FAILURES_TO_OPEN {
         assert!(matches!(
-            bounded("lookup", cache.lookup(&input, &products())).await,
+            look_up(&cache, &input, &products()).await,
             Lookup::Miss(None)
         ));
     }
@@ -748,13 +758,16 @@ async fn failed_invalidation_is_delivered_before_this_pgrelay_serves_again() {
         .is_err());
     assert_eq!(a.stats().await.pending_invalidations, 1);
     assert!(
-        matches!(a.lookup(&input, &products()).await, Lookup::Miss(None)),
+        matches!(look_up(&a, &input, &products()).await, Lookup::Miss(None)),
         "A knows its write has not landed: it must not serve or fill"
     );
 
     redis.query::<()>(redis::cmd("ACL").arg(&["SETUSER", "default", "+@all"]));
     assert!(
-        matches!(a.lookup(&input, &products()).await, Lookup::Miss(Some(_))),
+        matches!(
+            look_up(&a, &input, &products()).await,
+            Lookup::Miss(Some(_))
+        ),
         "the queued invalidation is delivered first, so the old entry no longer matches"
     );
     assert_eq!(a.stats().await.pending_invalidations, 0);

@@ -750,6 +750,7 @@ pub fn config_rows(config: &Config) -> Vec<(String, String)> {
         "server.max_prepared_statements",
         s.max_prepared_statements.to_string(),
     );
+    add("server.workers", s.worker_threads().to_string());
     add("server.tls_mode", s.tls_mode.as_str().to_owned());
     add(
         "server.tls_cert",
@@ -1118,7 +1119,7 @@ fn cache_verdict(
     match crate::cache::rule_ttl(
         &config.cache.rules,
         config.cache.default_ttl,
-        &c.read_tables,
+        &c.cache_tables,
     ) {
         Some(ttl) => (
             true,

@@ -31,9 +31,10 @@ pub struct KeyInput<'a> {
     /// The user the statement runs as: row-level security, grants and `current_user` make
     /// results differ per user, so entries are never shared across users.
     pub user: &'a str,
-    /// Result-affecting session settings (`search_path`, `TimeZone`, `DateStyle`,
-    /// `IntervalStyle`, `extra_float_digits`, `bytea_output`, `client_encoding`, `lc_*`, …) as
-    /// (name, value). Order does not matter; passing them sorted by name saves an allocation.
+    /// The session's settings (`search_path`, `TimeZone`, `DateStyle`, `IntervalStyle`,
+    /// `extra_float_digits`, `bytea_output`, `client_encoding`, `lc_*`, …) as (name, value).
+    /// `application_name`, which every client sets and which never changes a result, is left
+    /// out of the key. Order does not matter; passing them sorted by name saves an allocation.
     pub settings: &'a [(String, String)],
     /// The statement text, as the client sent it in Query or Parse.
     pub sql: &'a str,
@@ -119,7 +120,7 @@ impl KeyBytes {
     }
 
     fn settings<'s>(&mut self, settings: impl Iterator<Item = &'s (String, String)>) {
-        for (name, value) in settings {
+        for (name, value) in settings.filter(|(name, _)| !ignored_setting(name)) {
             self.field(name.as_bytes());
             self.field(value.as_bytes());
         }
@@ -157,13 +158,24 @@ fn hash_with(build: impl FnOnce(&mut KeyBytes)) -> [u8; 16] {
     })
 }
 
+/// Settings that never change a result, so they stay out of the key.
+fn ignored_setting(name: &str) -> bool {
+    name == "application_name"
+}
+
 /// The slot a statement's result is stored under.
 pub fn cache_key(input: &KeyInput<'_>) -> CacheKey {
     CacheKey(hash_with(|bytes| {
         bytes.0.extend_from_slice(KEY_DOMAIN);
         bytes.field(input.database.as_bytes());
         bytes.field(input.user.as_bytes());
-        bytes.len(input.settings.len());
+        bytes.len(
+            input
+                .settings
+                .iter()
+                .filter(|(name, _)| !ignored_setting(name))
+                .count(),
+        );
         // Settings arrive in whatever order the session recorded them; the key must not depend
         // on that order, only on the values.
         if input.settings.is_sorted_by(|a, b| a.0 <= b.0) {
@@ -216,6 +228,17 @@ mod tests {
             sql: "SELECT name, price FROM products WHERE id = $1",
             param_formats_values_result_formats: &[0, 0, 0, 1, 0, 0, 0, 2, b'4', b'2', 0, 0],
         }
+    }
+
+    #[test]
+    fn application_name_is_not_part_of_the_key() {
+        let plain = settings();
+        let mut named = settings();
+        named.push(("application_name".to_owned(), "'psql'".to_owned()));
+        assert_eq!(cache_key(&input(&plain)), cache_key(&input(&named)));
+        let mut other_zone = settings();
+        other_zone[1].1 = "Europe/Paris".to_owned();
+        assert_ne!(cache_key(&input(&plain)), cache_key(&input(&other_zone)));
     }
 
     #[test]

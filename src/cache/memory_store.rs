@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::future::Cache as Moka;
+use moka::sync::Cache as Moka;
 use moka::Expiry;
 
 use super::key::{CacheKey, Generations, Stamp};
@@ -90,15 +90,15 @@ impl MemoryStore {
         self.marks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub async fn get(&self, key: &CacheKey) -> Option<Entry> {
-        self.entries.get(key).await.map(|e| Entry {
+    pub fn get(&self, key: &CacheKey) -> Option<Entry> {
+        self.entries.get(key).map(|e| Entry {
             stamp: e.stamp,
             payload: e.payload,
         })
     }
 
     /// Entries over `max_entry_bytes` are dropped here too, whatever the caller checked.
-    pub async fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) {
+    pub fn put(&self, key: CacheKey, entry: Entry, ttl: Duration) {
         if entry.payload.len() as u64 > self.max_entry_bytes || ttl.is_zero() {
             return;
         }
@@ -107,15 +107,10 @@ impl MemoryStore {
             payload: entry.payload,
             ttl,
         };
-        self.entries.insert(key, entry).await;
+        self.entries.insert(key, entry);
     }
 
-    pub async fn lookup(
-        &self,
-        database: &str,
-        key: &CacheKey,
-        relations: &[String],
-    ) -> LookupReply {
+    pub fn lookup(&self, database: &str, key: &CacheKey, relations: &[String]) -> LookupReply {
         let (generations, write_lsn) = {
             let marks = self.marks();
             let db = marks.get(database);
@@ -137,7 +132,7 @@ impl MemoryStore {
             (generations, write_lsn)
         };
         LookupReply {
-            entry: self.get(key).await,
+            entry: self.get(key),
             generations,
             write_lsn,
         }
@@ -191,8 +186,8 @@ impl MemoryStore {
 
     /// Bytes the entries are charged for, after moka has applied pending evictions (its size
     /// accounting is otherwise eventually consistent).
-    pub async fn resident_bytes(&self) -> u64 {
-        self.entries.run_pending_tasks().await;
+    pub fn resident_bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
         self.entries.weighted_size()
     }
 

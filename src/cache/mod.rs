@@ -30,12 +30,13 @@ use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 
 pub use breaker::{BreakerState, FAILURES_TO_OPEN};
+pub use invalidate::relation_names;
 pub use key::{cache_key, generation_stamp, CacheKey, Generations, KeyInput, Stamp};
-pub use rules::rule_ttl;
+pub use rules::{rule_ttl, ReadTables};
 pub use store::{Entry, LookupReply, Store, StoreKind};
 
 use breaker::Breaker;
-use invalidate::{relation_names, PendingInvalidations};
+use invalidate::PendingInvalidations;
 use memory_store::MemoryStore;
 use redis_store::RedisStore;
 
@@ -273,29 +274,56 @@ impl Cache {
         !failed && !self.pending.is_pending(database)
     }
 
-    /// Looks a read up: `tables` are the tables it reads (as the classifier names them).
-    /// One round trip to Redis, or two the first time a database is seen.
-    pub async fn lookup(&self, input: &KeyInput<'_>, tables: &[String]) -> Lookup {
-        let database = input.database;
+    /// Looks a read up: `key` is its [`cache_key`], `relations` are the relation names of the
+    /// tables it reads, as [`relation_names`] gives them. One round trip to Redis, or two the
+    /// first time a database is seen.
+    pub async fn lookup(&self, database: &str, key: CacheKey, relations: &[String]) -> Lookup {
+        if let Some(found) = self.lookup_in_process(database, key, relations) {
+            return found;
+        }
         if !self.replay_pending(database).await {
             // An invalidation for this database has not reached the store: entries it would
             // have made unreachable may still be there. Go to the database.
             self.metrics.misses.inc();
             return Lookup::Miss(None);
         }
-        let key = cache_key(input);
-        let relations = relation_names(tables);
-        let reply = match self
-            .guarded(self.store.lookup(database, &key, &relations))
+        match self
+            .guarded(self.store.lookup(database, &key, relations))
             .await
         {
-            Ok(reply) => reply,
+            Ok(reply) => self.conclude(database, key, relations, reply),
             Err(_) => {
                 self.metrics.misses.inc();
-                return Lookup::Miss(None);
+                Lookup::Miss(None)
             }
+        }
+    }
+
+    /// [`Cache::lookup`] without awaiting anything, when the store is in this process (`None`
+    /// for Redis). The in-process store cannot fail, so no breaker or replay is involved.
+    pub fn lookup_in_process(
+        &self,
+        database: &str,
+        key: CacheKey,
+        relations: &[String],
+    ) -> Option<Lookup> {
+        let Store::Memory(s) = &self.store else {
+            return None;
         };
-        let stamp = generation_stamp(&key, &relations, &reply.generations);
+        let reply = s.lookup(database, &key, relations);
+        Some(self.conclude(database, key, relations, reply))
+    }
+
+    /// A hit when the stored entry was read under today's generations, else a miss with the
+    /// ticket for storing the answer.
+    fn conclude(
+        &self,
+        database: &str,
+        key: CacheKey,
+        relations: &[String],
+        reply: LookupReply,
+    ) -> Lookup {
+        let stamp = generation_stamp(&key, relations, &reply.generations);
         match reply.entry {
             Some(entry) if entry.stamp == stamp => {
                 self.metrics.hits.inc();
@@ -465,7 +493,7 @@ impl Cache {
     pub async fn stats(&self) -> CacheStats {
         let (bytes, entries, store_requests) = match &self.store {
             Store::Memory(s) => {
-                let bytes = s.resident_bytes().await;
+                let bytes = s.resident_bytes();
                 self.metrics
                     .bytes
                     .set(i64::try_from(bytes).unwrap_or(i64::MAX));
@@ -518,7 +546,7 @@ mod tests {
             param_formats_values_result_formats: &[],
         };
         let tables = vec!["products".to_owned()];
-        assert_send(&cache.lookup(&input, &tables));
+        assert_send(&cache.lookup("shop", cache_key(&input), &tables));
         assert_send(&cache.invalidate("shop", &tables, None));
         assert_send(&cache.invalidate_database("shop", None));
         assert_send(&cache.stats());

@@ -5,31 +5,59 @@ use std::time::Duration;
 
 use crate::config::CacheRule;
 
-use super::invalidate::name_parts;
+use super::invalidate::{name_parts, relation_names};
+
+/// The tables a read touches, in the forms the cache needs, worked out once per distinct
+/// statement text (the classifier's cache keeps them) instead of on every lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadTables {
+    /// Each table's unquoted, lower-cased name parts, for matching against rules.
+    parts: Vec<Vec<String>>,
+    /// The relation names generations are kept under ([`relation_names`]).
+    relations: Vec<String>,
+}
+
+impl ReadTables {
+    /// `tables` as the classifier names them.
+    pub fn new(tables: &[String]) -> ReadTables {
+        ReadTables {
+            parts: tables.iter().map(|t| name_parts(t)).collect(),
+            relations: relation_names(tables),
+        }
+    }
+
+    /// Sorted, unique relation names, as [`relation_names`] gives them.
+    pub fn relations(&self) -> &[String] {
+        &self.relations
+    }
+}
 
 /// Whether a rule's table name selects a table the statement reads. An unqualified rule
 /// (`products`) selects that table in any schema (`products`, `public.products`,
 /// `shop.products`); a qualified rule (`shop.products`) selects only names ending in that
-/// schema and table. Case-insensitive and quote-aware, like unquoted SQL identifiers.
-fn selects(rule_table: &str, table: &str) -> bool {
-    let rule = name_parts(rule_table);
-    let table = name_parts(table);
-    rule.len() <= table.len() && table.ends_with(&rule)
+/// schema and table. Case-insensitive and quote-aware, like unquoted SQL identifiers: both
+/// sides are name parts ([`name_parts`]).
+fn selects(rule_table: &[String], table: &[String]) -> bool {
+    rule_table.len() <= table.len() && table.ends_with(rule_table)
 }
 
 /// How long a read of `tables` may be cached: `Some(ttl)` when every table is selected by some
 /// rule, the shortest ttl among the rules that select any of them (a rule without `ttl` uses
 /// `default_ttl`); `None` when any table is not selected, or there are no tables.
-pub fn rule_ttl(rules: &[CacheRule], default_ttl: Duration, tables: &[String]) -> Option<Duration> {
-    if tables.is_empty() {
+pub fn rule_ttl(
+    rules: &[CacheRule],
+    default_ttl: Duration,
+    tables: &ReadTables,
+) -> Option<Duration> {
+    if tables.parts.is_empty() {
         return None;
     }
     let mut shortest: Option<Duration> = None;
-    for table in tables {
+    for table in &tables.parts {
         let mut selected = false;
         for rule in rules {
             if rule
-                .tables
+                .table_parts()
                 .iter()
                 .any(|rule_table| selects(rule_table, table))
             {
@@ -52,14 +80,15 @@ mod tests {
     const DEFAULT: Duration = Duration::from_secs(60);
 
     fn rule(tables: &[&str], ttl: Option<u64>) -> CacheRule {
-        CacheRule {
-            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
-            ttl: ttl.map(Duration::from_secs),
-        }
+        CacheRule::new(
+            tables.iter().map(|t| (*t).to_owned()).collect(),
+            ttl.map(Duration::from_secs),
+        )
     }
 
-    fn tables(names: &[&str]) -> Vec<String> {
-        names.iter().map(|t| (*t).to_owned()).collect()
+    fn tables(names: &[&str]) -> ReadTables {
+        let names: Vec<String> = names.iter().map(|t| (*t).to_owned()).collect();
+        ReadTables::new(&names)
     }
 
     #[test]
@@ -114,7 +143,7 @@ mod tests {
             None
         );
         assert_eq!(
-            rule_ttl(&rules, DEFAULT, &[]),
+            rule_ttl(&rules, DEFAULT, &tables(&[])),
             None,
             "no tables: nothing to cache"
         );

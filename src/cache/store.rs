@@ -65,7 +65,7 @@ impl Store {
     /// The entry stored under `key`, whatever data version it holds.
     pub async fn get(&self, database: &str, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
         match self {
-            Store::Memory(s) => Ok(s.get(key).await),
+            Store::Memory(s) => Ok(s.get(key)),
             Store::Redis(s) => s.get(database, key).await,
         }
     }
@@ -80,7 +80,7 @@ impl Store {
     ) -> Result<(), CacheError> {
         match self {
             Store::Memory(s) => {
-                s.put(*key, entry, ttl).await;
+                s.put(*key, entry, ttl);
                 Ok(())
             }
             Store::Redis(s) => s.put(database, key, &entry, ttl).await,
@@ -96,7 +96,7 @@ impl Store {
         relations: &[String],
     ) -> Result<LookupReply, CacheError> {
         match self {
-            Store::Memory(s) => Ok(s.lookup(database, key, relations).await),
+            Store::Memory(s) => Ok(s.lookup(database, key, relations)),
             Store::Redis(s) => s.lookup(database, key, relations).await,
         }
     }

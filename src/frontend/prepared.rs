@@ -7,12 +7,13 @@
 //! client's Bind or Describe, and the ParseComplete that answers it is not shown to the client.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::build;
 use crate::protocol::view::ParseMessage;
+use crate::router::classify::Classification;
 
 /// A statement a client prepared under its own name.
 #[derive(Debug)]
@@ -22,6 +23,32 @@ pub struct ClientStatement {
     pub sql: Arc<str>,
     /// The Parse message that creates it on a server, ready to send.
     pub parse: Bytes,
+    /// Its classification and the function catalog generation it was made under, so a Bind
+    /// does not look the text up again.
+    classified: Mutex<Option<(u64, Arc<Classification>)>>,
+}
+
+impl ClientStatement {
+    /// The statement's classification under catalog `generation`: remembered, or made by
+    /// `classify` (and remembered) when there is none for that generation yet.
+    pub fn classification(
+        &self,
+        generation: u64,
+        classify: impl FnOnce(&str) -> Arc<Classification>,
+    ) -> Arc<Classification> {
+        let mut memo = self
+            .classified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match memo.as_ref() {
+            Some((g, c)) if *g == generation => Arc::clone(c),
+            _ => {
+                let c = classify(&self.sql);
+                *memo = Some((generation, Arc::clone(&c)));
+                c
+            }
+        }
+    }
 }
 
 /// The server-side name for a statement: stable across clients and pgrelay instances.
@@ -51,6 +78,7 @@ impl ClientStatements {
             server_name,
             sql: Arc::from(parse.query),
             parse: out.freeze(),
+            classified: Mutex::new(None),
         });
         self.named
             .insert(parse.statement.to_owned(), Arc::clone(&stmt));
@@ -117,6 +145,29 @@ mod tests {
         assert_ne!(a, server_name("select $1", &[25]));
         assert_ne!(a, server_name("select $2", &[23]));
         assert!(a.len() < 64, "fits NAMEDATALEN");
+    }
+
+    #[test]
+    fn classification_is_remembered_per_catalog_generation() {
+        use crate::router::classify::{classify, FunctionCatalog};
+        let mut stmts = ClientStatements::default();
+        let s = stmts.define(&ParseMessage {
+            statement: "P_0",
+            query: "select * from t",
+            param_types: vec![],
+        });
+        let calls = std::cell::Cell::new(0);
+        let make = |sql: &str| {
+            calls.set(calls.get() + 1);
+            Arc::new(classify(sql, &FunctionCatalog::default()))
+        };
+        let first = s.classification(7, make);
+        let again = s.classification(7, make);
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(calls.get(), 1);
+        s.classification(8, make);
+        assert_eq!(calls.get(), 2, "a new catalog generation classifies again");
+        assert_eq!(first.read_tables, ["t"]);
     }
 
     #[test]

@@ -119,12 +119,8 @@ impl Effects {
 
 /// What identifies a cacheable unit's result.
 struct CacheRequest {
-    /// The statement text, prefixed by the unit's message shape (a simple Query and an
-    /// extended batch answer in different messages).
-    key_sql: String,
-    /// Bind's formats and parameter values (empty for a simple Query).
-    bind_tail: Bytes,
-    tables: Vec<String>,
+    key: crate::cache::CacheKey,
+    tables: Arc<crate::cache::ReadTables>,
     ttl: std::time::Duration,
 }
 
@@ -198,6 +194,8 @@ pub struct Session {
     settings: Settings,
     startup_settings: Settings,
     statements: ClientStatements,
+    /// The buffer cache keys' text is built in.
+    key_text: String,
     /// SQL-level `PREPARE`d statements: name → the PREPARE text, replayed on whichever
     /// connection runs an EXECUTE of it.
     sql_statements: std::collections::HashMap<String, String>,
@@ -336,6 +334,7 @@ impl Session {
             startup_settings: settings.clone(),
             settings,
             statements: ClientStatements::default(),
+            key_text: String::new(),
             sql_statements: std::collections::HashMap::new(),
             functions,
             cancel,
@@ -805,7 +804,7 @@ impl Session {
         let mut fill = None;
         if self.server.is_none() && self.replies.is_empty() && self.at_unit_boundary() {
             if let Some(request) = self.cache_request(&waiting, &plan) {
-                match Box::pin(self.cache_lookup(&request)).await {
+                match self.cache_lookup(&request).await {
                     Some(crate::cache::Lookup::Hit(response)) => {
                         self.serve_from_cache(&waiting, response);
                         return true;
@@ -880,7 +879,7 @@ impl Session {
     /// What identifies a unit's result for the cache, when a rule or a hint selects it: a
     /// simple Query of one cacheable statement, or an extended batch of the shape drivers send
     /// for one read ([Parse] Bind [Describe portal] Execute(all rows) Sync).
-    fn cache_request(&self, waiting: &Waiting, plan: &Plan) -> Option<CacheRequest> {
+    fn cache_request(&mut self, waiting: &Waiting, plan: &Plan) -> Option<CacheRequest> {
         let candidate = plan.cache.as_ref()?;
         let config = self.shared.config.load();
         let ttl = match candidate.hint_ttl {
@@ -891,16 +890,31 @@ impl Session {
                 &candidate.tables,
             )?,
         };
-        let (shape, sql, tail) = match waiting {
-            Waiting::Message(f) if f.tag == tag::QUERY => (
-                "Q".to_owned(),
-                view::query_text(f.body())?.to_owned(),
-                Bytes::new(),
-            ),
+        // The key text is the unit's message shape (a simple Query and an extended batch
+        // answer in different messages), a newline, and the statement; built in a buffer the
+        // session keeps.
+        let mut text = std::mem::take(&mut self.key_text);
+        text.clear();
+        let key = self.cache_key(waiting, &mut text);
+        self.key_text = text;
+        Some(CacheRequest {
+            key: key?,
+            tables: Arc::clone(&candidate.tables),
+            ttl,
+        })
+    }
+
+    fn cache_key(&self, waiting: &Waiting, text: &mut String) -> Option<crate::cache::CacheKey> {
+        let named;
+        let (sql, tail): (&str, &[u8]) = match waiting {
+            Waiting::Message(f) if f.tag == tag::QUERY => {
+                text.push('Q');
+                (view::query_text(f.body())?, &[])
+            }
             Waiting::Message(_) => return None,
             Waiting::Batch => {
-                let shape: String = self.batch.iter().map(|f| char::from(f.tag)).collect();
-                if !matches!(shape.as_str(), "BES" | "BDES" | "PBES" | "PBDES") {
+                text.extend(self.batch.iter().map(|f| char::from(f.tag)));
+                if !matches!(text.as_str(), "BES" | "BDES" | "PBES" | "PBDES") {
                     return None;
                 }
                 let bind = self.batch.iter().find(|f| f.tag == tag::BIND)?;
@@ -914,43 +928,39 @@ impl Session {
                 let sql = match self.batch.iter().find(|f| f.tag == tag::PARSE) {
                     Some(p) => {
                         let m = view::parse_message(p.body())?;
-                        (m.statement == b.statement).then(|| m.query.to_owned())?
+                        (m.statement == b.statement).then_some(m.query)?
                     }
                     None if b.statement.is_empty() => {
                         let parse = self.unnamed_parse.as_ref()?;
-                        view::parse_message(parse.get(5..)?)?.query.to_owned()
+                        view::parse_message(parse.get(5..)?)?.query
                     }
-                    None => self.statements.get(b.statement)?.sql.to_string(),
+                    None => {
+                        named = self.statements.get(b.statement)?;
+                        named.sql.as_ref()
+                    }
                 };
-                (shape, sql, Bytes::copy_from_slice(b.rest))
+                (sql, b.rest)
             }
         };
-        Some(CacheRequest {
-            key_sql: format!("{shape}\n{sql}"),
-            bind_tail: tail,
-            tables: candidate.tables.clone(),
-            ttl,
-        })
-    }
-
-    async fn cache_lookup(&self, request: &CacheRequest) -> Option<crate::cache::Lookup> {
-        let cache = self.shared.cache.as_ref()?;
-        // Settings that change how results are rendered are part of the key;
-        // application_name is the one every client sets that never does.
-        let settings: Vec<(String, String)> = self
-            .settings
-            .iter()
-            .filter(|(k, _)| *k != "application_name")
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        let input = crate::cache::KeyInput {
+        text.push('\n');
+        text.push_str(sql);
+        Some(crate::cache::cache_key(&crate::cache::KeyInput {
             database: &self.database,
             user: self.user.name(),
-            settings: &settings,
-            sql: &request.key_sql,
-            param_formats_values_result_formats: &request.bind_tail,
-        };
-        Some(cache.lookup(&input, &request.tables).await)
+            settings: self.settings.as_slice(),
+            sql: text,
+            param_formats_values_result_formats: tail,
+        }))
+    }
+
+    /// Looks a request up: without awaiting when the store is in this process.
+    async fn cache_lookup(&self, request: &CacheRequest) -> Option<crate::cache::Lookup> {
+        let cache = self.shared.cache.as_ref()?;
+        let relations = request.tables.relations();
+        if let Some(found) = cache.lookup_in_process(&self.database, request.key, relations) {
+            return Some(found);
+        }
+        Some(Box::pin(cache.lookup(&self.database, request.key, relations)).await)
     }
 
     /// Answers a unit with a stored response: the bytes the server sent then, and
@@ -969,11 +979,7 @@ impl Session {
                 }
             }
         }
-        self.shared
-            .metrics
-            .queries
-            .with_label_values(&["cache", "hit"])
-            .inc();
+        self.shared.metrics.queries_answered_by_cache.inc();
         self.queue_client(response);
         self.queue_ready();
     }
@@ -1135,6 +1141,15 @@ impl Session {
         plan(&classification, sql, self.default_read_only())
     }
 
+    /// Plans a Bind of a named statement, from the classification it keeps.
+    fn plan_statement(&self, statement: &ClientStatement) -> Plan {
+        let catalog = self.functions.load();
+        let classification = statement.classification(catalog.generation(), |sql| {
+            self.shared.classifier.classify(sql, &catalog)
+        });
+        plan(&classification, &statement.sql, self.default_read_only())
+    }
+
     /// Plans the collected batch: every Parse's SQL and every Bind's statement count.
     fn plan_batch(&self) -> Plan {
         let mut combined: Option<Plan> = None;
@@ -1156,7 +1171,7 @@ impl Session {
                     Some(b) => self
                         .statements
                         .get(b.statement)
-                        .map(|s| self.plan_sql(&s.sql)),
+                        .map(|s| self.plan_statement(&s)),
                     None => None,
                 },
                 _ => None,

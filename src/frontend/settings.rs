@@ -27,6 +27,7 @@ const REPORTED: &[&str] = &[
 /// its own `SET`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
+    /// Sorted by name.
     values: Vec<(String, String)>,
 }
 
@@ -51,9 +52,9 @@ impl Settings {
     /// Records `SET name = <sql>`, the value as SQL text.
     pub fn set_sql(&mut self, name: &str, sql: &str) {
         let name = name.to_ascii_lowercase();
-        match self.values.iter_mut().find(|(k, _)| *k == name) {
-            Some(entry) => entry.1 = sql.to_owned(),
-            None => self.values.push((name, sql.to_owned())),
+        match self.values.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
+            Ok(i) => self.values[i].1 = sql.to_owned(),
+            Err(i) => self.values.insert(i, (name, sql.to_owned())),
         }
     }
 
@@ -73,6 +74,11 @@ impl Settings {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Every setting as (name, value), sorted by name.
+    pub fn as_slice(&self) -> &[(String, String)] {
+        &self.values
     }
 
     /// Records a ParameterStatus the server sent while this client used it, if it is a setting
@@ -200,6 +206,19 @@ mod tests {
             None,
             "second sync finds nothing to do"
         );
+    }
+
+    #[test]
+    fn settings_are_kept_sorted_by_name() {
+        let mut s = Settings::default();
+        for name in ["TimeZone", "application_name", "search_path", "DateStyle"] {
+            s.set_sql(name, "'x'");
+        }
+        s.set_sql("timezone", "'UTC'");
+        s.remove("search_path");
+        let names: Vec<&str> = s.as_slice().iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["application_name", "datestyle", "timezone"]);
+        assert_eq!(s.get("TimeZone"), Some("'UTC'"));
     }
 
     #[test]

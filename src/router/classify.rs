@@ -29,6 +29,8 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use crate::cache::ReadTables;
+
 /// Strings longer than this are not lexed or parsed: they are classified as a write that may
 /// have touched any table. sqlparser costs ~55-100 ns per byte, so a 1 MiB statement would hold
 /// a worker for ~0.1 s, and such statements are bulk loads that belong on the leader anyway.
@@ -77,6 +79,8 @@ pub struct Classification {
     /// when qualified, CTE names removed, write targets removed, deduplicated, sorted). Names are
     /// as written: `t` and `public.t` are different strings here; the cache must resolve them.
     pub read_tables: Vec<String>,
+    /// `read_tables` as the cache matches and keys them, when the string is `cacheable`.
+    pub cache_tables: Arc<ReadTables>,
     /// Tables whose contents (or definition) the string changes: DML targets, data-modifying
     /// CTE targets, TRUNCATE / DDL / REFRESH objects, `SELECT INTO` targets. Same normalisation.
     pub write_tables: Vec<String>,
@@ -622,12 +626,18 @@ fn combine(analyses: Vec<(Analysis, Range<usize>)>, hint: Option<Hint>) -> Class
     read_tables.retain(|t| write_tables.binary_search(t).is_err());
     read_tables.sort();
     read_tables.dedup();
+    let cache_tables = if cacheable {
+        Arc::new(ReadTables::new(&read_tables))
+    } else {
+        Arc::default()
+    };
     Classification {
         class,
         statements,
         hint,
         cacheable,
         read_tables,
+        cache_tables,
         write_tables,
         writes_unknown_tables,
     }

@@ -60,8 +60,8 @@ pub enum TxEnd {
 /// A read whose result may be served from the cache, if a rule or a hint selects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheCandidate {
-    /// Tables it reads (the classifier's names).
-    pub tables: Vec<String>,
+    /// Tables it reads, as the cache matches and keys them (shared with the classification).
+    pub tables: std::sync::Arc<crate::cache::ReadTables>,
     /// `/* pgrelay: cache ttl=… */`: Some(ttl or None for the default) when hinted.
     pub hint_ttl: Option<Option<std::time::Duration>>,
 }
@@ -269,7 +269,7 @@ pub fn plan(c: &Classification, sql: &str, default_read_only: bool) -> Plan {
             _ => None,
         },
         cache: (c.cacheable && c.statements.len() == 1 && !pin).then(|| CacheCandidate {
-            tables: c.read_tables.clone(),
+            tables: std::sync::Arc::clone(&c.cache_tables),
             hint_ttl: c.hint.as_ref().and_then(|h| h.cache).map(|h| h.ttl),
         }),
         // Only a PREPARE needs its own text later (to replay it elsewhere).
