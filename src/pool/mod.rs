@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::backend::{BackendError, ConnectOptions, ServerConn};
 use crate::config::HostAddr;
@@ -129,9 +129,18 @@ impl Pool {
 
     /// Hands out an idle connection, or opens one, waiting at most `wait` for a free slot.
     pub async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<PooledConn, PoolError> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let permit = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        // A free slot is taken at once, without arming a timer.
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => Ok(Ok(permit)),
+            Err(TryAcquireError::Closed) => Ok(Err(())),
+            Err(TryAcquireError::NoPermits) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let permit =
+                    tokio::time::timeout(wait, Arc::clone(&self.permits).acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                permit.map(|p| p.map_err(drop))
+            }
+        };
         let permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => {
