@@ -99,6 +99,10 @@ macro_rules! delegate_write {
                 cx: &mut Context<'_>,
                 bufs: &[io::IoSlice<'_>],
             ) -> Poll<io::Result<usize>> {
+                if let [one] = bufs {
+                    // One buffer: send(2) takes a shorter path through the kernel than writev(2).
+                    return self.poll_write(cx, one);
+                }
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                     Self::Bridged(s) => Pin::new(s).poll_write_vectored(cx, bufs),
