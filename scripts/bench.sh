@@ -8,8 +8,8 @@
 #      pgrelay (transaction mode, reads to replicas; and again with the leader as its only
 #      host, PgBouncer's setup, to compare the proxies alone); then added latency with -c 1 (average and
 #      p50 from pgbench's per-transaction log), direct vs through pgrelay.
-#   2. Hot-key reads (100-row "products" table, random id, -M prepared -c 16): direct, and
-#      pgrelay with the cache off, on Redis, and in memory.
+#   2. Hot-key reads (100-row "products" table, random id, -M prepared -c 16): pgrelay with the
+#      cache off, on Redis, and in memory, each right after a direct run it is compared with.
 #   3. A key=value summary at the end (between "--- summary ---" and "--- end summary ---").
 #
 # Usage: scripts/bench.sh            (as root or a user who can run PostgreSQL's tools)
@@ -348,10 +348,12 @@ done
 
 declare -A CACHE_STATS
 hot_args=(-f "$WORK/hotkey.sql" -M prepared -c "$CLIENTS" -j "$THREADS")
-measure hot-direct_leader "$LEADER_PORT" products "$SECS" "${hot_args[@]}"
+# Each variant is compared with a direct run made just before it (pgrelay already started and
+# idle), so drift in the machine's speed over the run does not bias one ratio.
 for variant in off redis memory; do
     key=hot-pgrelay_cache_$variant
     relay_up "$variant"
+    measure "hot-direct_before_$variant" "$LEADER_PORT" products "$SECS" "${hot_args[@]}"
     if [[ -z $RELAY_NAME ]]; then
         NOTE[$key]="n/a ($RELAY_RUN_FAIL)"
         continue
@@ -430,15 +432,16 @@ done
 echo
 echo "== hot-key reads: products (100 rows), -M prepared -c $CLIENTS -j $THREADS, ${SECS}s each =="
 printf '%-22s %10s %12s %14s  %-22s %14s  %s\n' target TPS "avg lat ms" "ratio/direct" "served by (pgss)" "proxy CPU/txn" note
-HOT=(direct_leader pgrelay_cache_off pgrelay_cache_redis pgrelay_cache_memory)
+HOT=(direct_before_off pgrelay_cache_off direct_before_redis pgrelay_cache_redis direct_before_memory pgrelay_cache_memory)
 for t in "${HOT[@]}"; do
     k=hot-$t
     if [[ -n ${NOTE[$k]:-} ]]; then
         printf '%-22s %10s %12s %14s  %-22s %14s  %s\n' "$t" - - - - - "${NOTE[$k]}"
         RATIO[$k]=
     else
-        RATIO[$k]=$(ratio "${TPS[$k]}" "${TPS[hot-direct_leader]:-}")
-        printf '%-22s %10s %12s %14s  %-22s %14s  %s\n' "$t" "$(fmt_tps "${TPS[$k]}")" "${LAT[$k]}" "${RATIO[$k]:-n/a}" \
+        RATIO[$k]=
+        [[ $t == direct_* ]] || RATIO[$k]=$(ratio "${TPS[$k]}" "${TPS[hot-direct_before_${t#pgrelay_cache_}]:-}")
+        printf '%-22s %10s %12s %14s  %-22s %14s  %s\n' "$t" "$(fmt_tps "${TPS[$k]}")" "${LAT[$k]}" "${RATIO[$k]:--}" \
             "${SERVED[$k]:-}" "$([[ -n ${CPU_US[$k]:-} ]] && echo "${CPU_US[$k]} µs" || echo -)" "${CACHE_STATS[$k]:-}"
     fi
 done
@@ -488,7 +491,7 @@ for t in "${HOT[@]}"; do
     kv "hotkey.$t.tps" "${TPS[$k]:-}"
     [[ -z ${CPU_US[$k]:-} ]] || kv "hotkey.$t.proxy_cpu_us_per_txn" "${CPU_US[$k]}"
     [[ -z ${NOTE[$k]:-} ]] || kv "hotkey.$t.reason" "${NOTE[$k]}"
-    [[ $t == direct_leader ]] || kv "hotkey.$t.ratio_over_direct" "${RATIO[$k]:-}"
+    [[ $t == direct_* ]] || kv "hotkey.$t.ratio_over_direct" "${RATIO[$k]:-}"
     [[ -z ${CACHE_STATS[$k]:-} ]] || kv "hotkey.$t.cache" "${CACHE_STATS[$k]}"
 done
 kv problems "${#PROBLEMS[@]}"
