@@ -493,7 +493,7 @@ impl Cache {
     pub async fn stats(&self) -> CacheStats {
         let (bytes, entries, store_requests) = match &self.store {
             Store::Memory(s) => {
-                let bytes = s.resident_bytes();
+                let bytes = s.weighted_bytes();
                 self.metrics
                     .bytes
                     .set(i64::try_from(bytes).unwrap_or(i64::MAX));
