@@ -15,7 +15,7 @@
 //! (`("ab", "c")` vs `("a", "bc")`). This module never does I/O.
 
 use std::cell::RefCell;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -65,15 +65,29 @@ impl CacheKey {
     /// The Redis key the entry lives under. The database is spelled out so an operator can
     /// find or drop one database's entries (`SCAN MATCH pgrelay:v1:c:shop:*`).
     pub fn redis_key(&self, database: &str) -> String {
-        format!("pgrelay:v1:c:{database}:{self}")
+        const PREFIX: &str = "pgrelay:v1:c:";
+        let mut key = String::with_capacity(PREFIX.len() + database.len() + 1 + 32);
+        key.push_str(PREFIX);
+        key.push_str(database);
+        key.push(':');
+        key.extend(hex_digits(&self.0));
+        key
     }
 }
 
+/// The 32 lower-case hex digits of a hash.
+fn hex_digits(bytes: &[u8; 16]) -> impl Iterator<Item = char> + '_ {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| {
+        [
+            char::from(DIGITS[usize::from(b >> 4)]),
+            char::from(DIGITS[usize::from(b & 0x0f)]),
+        ]
+    })
+}
+
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8; 16]) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
-    }
-    Ok(())
+    hex_digits(bytes).try_for_each(|c| f.write_char(c))
 }
 
 impl fmt::Display for CacheKey {

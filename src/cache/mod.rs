@@ -275,7 +275,8 @@ impl Cache {
     }
 
     /// Looks a read up: `key` is its [`cache_key`], `relations` are the relation names of the
-    /// tables it reads, as [`relation_names`] gives them. One round trip to Redis, or two the
+    /// tables it reads, as [`relation_names`] gives them. One round trip to Redis for a hit;
+    /// a second for a miss (the write LSNs its fill is checked against), and one more the
     /// first time a database is seen.
     pub async fn lookup(&self, database: &str, key: CacheKey, relations: &[String]) -> Lookup {
         if let Some(found) = self.lookup_in_process(database, key, relations) {

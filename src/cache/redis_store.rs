@@ -26,7 +26,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
 
-use super::key::{CacheKey, Generations, Stamp};
+use super::key::{generation_stamp, CacheKey, Generations, Stamp};
 use super::store::{Entry, LookupReply};
 use super::CacheError;
 
@@ -146,7 +146,7 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Bounds a whole operation (one or, rarely, two round trips) by `cache.timeout`.
+    /// Bounds a whole operation (one to three round trips) by `cache.timeout`.
     async fn bounded<T>(
         &self,
         operation: impl Future<Output = RedisResult<T>>,
@@ -190,6 +190,8 @@ impl RedisStore {
         self.bounded(set.exec_async(&mut conn)).await
     }
 
+    /// One round trip for the entry and the generations; a second, for the write LSNs, only
+    /// when the entry is missing or stale (a miss, whose fill needs them).
     pub async fn lookup(
         &self,
         database: &str,
@@ -199,30 +201,39 @@ impl RedisStore {
         self.bounded(async {
             let generations_key = generations_key(database);
             let mut pipe = redis::pipe();
-            // Generations are read before write LSNs: an invalidation records the LSN before
-            // bumping the generation, so whoever sees a new generation also sees its LSN.
             pipe.cmd("HMGET")
                 .arg(&generations_key)
-                .arg(DATABASE_FIELD)
-                .arg(relations)
-                .cmd("ZMSCORE")
-                .arg(write_lsns_key(database))
                 .arg(DATABASE_FIELD)
                 .arg(relations)
                 .cmd("GET")
                 .arg(key.redis_key(database));
             let mut conn = self.connection();
-            let (generations, scores, value): (Vec<Option<u64>>, Vec<Option<f64>>, Option<Bytes>) =
+            let (generations, value): (Vec<Option<u64>>, Option<Bytes>) =
                 pipe.query_async(&mut conn).await?;
             let generations = self.complete(&generations_key, generations).await?;
-            let write_lsn = scores
-                .into_iter()
-                .flatten()
-                .map(score_to_lsn)
-                .max()
-                .unwrap_or(0);
+            let entry = value.and_then(decode_entry);
+            let current = generation_stamp(key, relations, &generations);
+            // Write LSNs are read after the generations: an invalidation records the LSN
+            // before bumping the generation, so whoever sees a new generation also sees its LSN.
+            let write_lsn = match &entry {
+                Some(e) if e.stamp == current => 0,
+                _ => {
+                    let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+                        .arg(write_lsns_key(database))
+                        .arg(DATABASE_FIELD)
+                        .arg(relations)
+                        .query_async(&mut conn)
+                        .await?;
+                    scores
+                        .into_iter()
+                        .flatten()
+                        .map(score_to_lsn)
+                        .max()
+                        .unwrap_or(0)
+                }
+            };
             Ok(LookupReply {
-                entry: value.and_then(decode_entry),
+                entry,
                 generations,
                 write_lsn,
             })

@@ -29,7 +29,8 @@ pub struct LookupReply {
     pub entry: Option<Entry>,
     pub generations: Generations,
     /// The highest last-write LSN among the relations and the database: a server that has not
-    /// replayed this far may be missing a write, so its answer must not be stored.
+    /// replayed this far may be missing a write, so its answer must not be stored. Only a miss
+    /// needs it: a store may leave it 0 when `entry` matches `generations`.
     pub write_lsn: u64,
 }
 
