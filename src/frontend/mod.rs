@@ -257,14 +257,27 @@ impl Drop for OpenClient {
     }
 }
 
-/// Finishes the login with a server connection (which checks the database and role exist
-/// and applies the client's settings), reports the server's parameters, then relays.
+/// Finishes the login, then relays until the client leaves.
 async fn run_login(
     shared: &Arc<Shared>,
     stream: &mut Socket,
     login: Login,
     registered: registry::ClientEntry,
 ) -> Result<(), FrontendError> {
+    // Boxed: the login's futures (a server checkout, catalog and settings queries) run once,
+    // and inline they would make every idle session's task several kilobytes larger.
+    let login = Box::pin(finish_login(shared, stream, login, registered)).await?;
+    Session::new(Arc::clone(shared), login).run(stream).await
+}
+
+/// Finishes the login with a server connection (which checks the database and role exist
+/// and applies the client's settings) and reports the server's parameters to the client.
+async fn finish_login(
+    shared: &Arc<Shared>,
+    stream: &mut Socket,
+    login: Login,
+    registered: registry::ClientEntry,
+) -> Result<SessionLogin, FrontendError> {
     let Login {
         user,
         database,
@@ -272,7 +285,7 @@ async fn run_login(
     } = login;
     let settings = Settings::from_startup(&params);
     let mut pools = PoolCache::default();
-    let mut conn = Box::pin(checkout_leader(shared, &user, &database, &mut pools)).await?;
+    let mut conn = checkout_leader(shared, &user, &database, &mut pools).await?;
     let (functions, needs_load) = shared.catalogs.for_database(&database);
     if needs_load {
         let timeout = shared.config.load().cluster.server_connect_timeout;
@@ -320,7 +333,7 @@ async fn run_login(
     if let Some(conn) = keep.as_ref() {
         registered.set_server(Some(conn.host()));
     }
-    let login = SessionLogin {
+    Ok(SessionLogin {
         user,
         database,
         settings,
@@ -328,8 +341,7 @@ async fn run_login(
         cancel,
         server: keep,
         registered,
-    };
-    Session::new(Arc::clone(shared), login).run(stream).await
+    })
 }
 
 async fn forward_cancel(shared: &Shared, process_id: i32, secret_key: i32) {
