@@ -953,6 +953,8 @@ impl Session {
         })
     }
 
+    /// The key of the unit's result, with its text built in `text`; None for a unit whose
+    /// shape the cache does not answer.
     fn cache_key(&self, waiting: &Waiting, text: &mut String) -> Option<crate::cache::CacheKey> {
         let named;
         let (sql, tail): (&str, &[u8]) = match waiting {
