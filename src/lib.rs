@@ -437,7 +437,13 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
     shared
         .monitor_settings
         .send_replace(monitor_settings(&next));
+    // Users first: a pool created from now on reads the new passwords, and every pool that
+    // exists already is given them next.
     shared.users.store(Arc::new(users));
+    let users = shared.users.load();
+    shared
+        .pools
+        .set_passwords(|server_user| users.server_password_of(server_user));
     shared.client_tls.store(Arc::new(client_tls));
     shared.config.store(Arc::new(next));
     tracing::info!(path = %path.display(), changed = %changed.join(", "), "config reloaded");

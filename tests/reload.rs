@@ -245,3 +245,81 @@ async fn console_reload_applies_the_file_or_reports_why_not() {
         "9"
     );
 }
+
+/// A user whose server password the operator rotates (the role is created here, once).
+fn create_rotating_user(cluster: &Cluster) {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    cluster.leader.psql(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rotating_user') THEN
+             CREATE ROLE rotating_user LOGIN PASSWORD 'server-one';
+           END IF;
+         END $$;
+         ALTER ROLE rotating_user PASSWORD 'server-one'",
+    );
+    cluster.wait_for_replay();
+}
+
+fn rotating_user(server_password: &str) -> String {
+    format!(
+        "[[users]]\nname = \"rotating_user\"\npassword = \"client\"\nserver_password = \"{server_password}\"\n"
+    )
+}
+
+/// Ends pgrelay's server connections as `rotating_user` on every node, so the next ones must
+/// log in again.
+fn terminate_rotating_user_connections(cluster: &Cluster) {
+    let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+               WHERE usename = 'rotating_user'";
+    cluster.leader.psql(sql);
+    for replica in &cluster.replicas {
+        replica.psql(sql);
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_server_password_is_used_for_new_server_connections() {
+    let cluster = Cluster::shared();
+    create_rotating_user(cluster);
+    let proxy = Proxy::start(cluster, &rotating_user("server-one"));
+    let before = proxy
+        .try_connect("rotating_user", "client")
+        .await
+        .unwrap_or_else(|e| panic!("login before the rotation: {e}\n{}", proxy.log()));
+    server_port(&before).await;
+
+    // The operator changes the role's password, then pgrelay's config, and reloads.
+    cluster
+        .leader
+        .psql("ALTER ROLE rotating_user PASSWORD 'server-two'");
+    cluster.wait_for_replay();
+    proxy.rewrite_config(&rotating_user("server-two"));
+    proxy.signal(SIGHUP);
+    proxy.wait_for_log("config reloaded", LOG_WAIT);
+    terminate_rotating_user_connections(cluster);
+    // Past the age at which a pooled connection is checked before use, so the dead ones are
+    // dropped and new ones are opened.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The client connected before the reload opens new server connections with the new
+    // password (its pools are the ones the reload updated).
+    for _ in 0..4 {
+        before
+            .simple_query("SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("old client after the rotation: {e}\n{}", proxy.log()));
+    }
+    let after = proxy
+        .try_connect("rotating_user", "client")
+        .await
+        .unwrap_or_else(|e| panic!("login after the rotation: {e}\n{}", proxy.log()));
+    for _ in 0..4 {
+        server_port(&after).await;
+    }
+    assert!(
+        !proxy.log().contains("password authentication failed"),
+        "{}",
+        proxy.log()
+    );
+}

@@ -67,6 +67,15 @@ impl Users {
         })
     }
 
+    /// The password pgrelay logs in to the servers with as `server_user`: `None` when no
+    /// configured user logs in as that role, `Some(None)` when the one that does has none.
+    pub fn server_password_of(&self, server_user: &str) -> Option<Option<String>> {
+        self.by_name
+            .values()
+            .find(|u| u.server_user == server_user)
+            .map(|u| u.server_password.clone())
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<UserEntry>> {
         self.by_name.get(name).cloned()
     }

@@ -2333,9 +2333,21 @@ impl PoolCache {
             user: user.server_user.clone(),
             database: database.to_owned(),
         };
-        let pool = shared.pools.get(&key, user.server_password.as_deref());
+        let pool = shared
+            .pools
+            .get(&key, || current_server_password(shared, user));
         self.entries.push((host.clone(), Arc::clone(&pool)));
         pool
+    }
+}
+
+/// The password to log in to the servers as `user`'s server role: the running config's (a
+/// reload may have changed it since the client logged in), or the one from the client's login
+/// if the config no longer has that user.
+fn current_server_password(shared: &Shared, user: &UserEntry) -> Option<String> {
+    match shared.users.load().get(user.name()) {
+        Some(now) if now.server_user == user.server_user => now.server_password.clone(),
+        _ => user.server_password.clone(),
     }
 }
 

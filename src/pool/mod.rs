@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
@@ -82,7 +82,8 @@ pub struct PoolStats {
 
 pub struct Pool {
     pub key: PoolKey,
-    password: Option<String>,
+    /// The password new connections log in with; replaced when the config's changes.
+    password: ArcSwapOption<String>,
     /// Swapped whole by `Pools::set_settings` (config reload).
     settings: ArcSwap<PoolSettings>,
     /// Slots a smaller `max_size` took away that were in use then: the next permits to come
@@ -116,7 +117,7 @@ impl Pool {
     ) -> Arc<Pool> {
         Arc::new(Pool {
             key,
-            password,
+            password: ArcSwapOption::from(password.map(Arc::new)),
             permits: Arc::new(Semaphore::new(settings.max_size)),
             settings: ArcSwap::from_pointee(settings),
             shrink_debt: AtomicUsize::new(0),
@@ -193,12 +194,21 @@ impl Pool {
         None
     }
 
+    /// The password for connections opened from now on (connections already open stay).
+    pub fn set_password(&self, password: Option<&str>) {
+        if self.password.load().as_deref().map(String::as_str) != password {
+            self.password
+                .store(password.map(|p| Arc::new(p.to_owned())));
+        }
+    }
+
     async fn connect(&self) -> Result<ServerConn, BackendError> {
         let settings = self.settings.load();
+        let password = self.password.load_full();
         ServerConn::connect(&ConnectOptions {
             host: &self.key.host,
             user: &self.key.user,
-            password: self.password.as_deref(),
+            password: password.as_deref().map(String::as_str),
             database: &self.key.database,
             connect_timeout: settings.connect_timeout,
             params: &[],
@@ -407,8 +417,10 @@ impl Pools {
         }
     }
 
-    /// The pool for `key`, created with `password` if it does not exist yet.
-    pub fn get(&self, key: &PoolKey, password: Option<&str>) -> Arc<Pool> {
+    /// The pool for `key`, created if it does not exist yet with the password `password`
+    /// gives. That is asked under the lock `set_passwords` takes, so a pool is created either
+    /// with the new password or before a reload gives every pool the new one.
+    pub fn get(&self, key: &PoolKey, password: impl FnOnce() -> Option<String>) -> Arc<Pool> {
         if let Some(p) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
             return Arc::clone(p);
         }
@@ -422,7 +434,7 @@ impl Pools {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            Pool::with_epoch(key.clone(), password.map(str::to_owned), settings, epoch)
+            Pool::with_epoch(key.clone(), password(), settings, epoch)
         }))
     }
 
@@ -433,6 +445,16 @@ impl Pools {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings.clone();
         for pool in map.values() {
             pool.set_settings(settings.clone());
+        }
+    }
+
+    /// New server passwords (config reload): every pool takes the one `password_of` gives for
+    /// its server user, for the connections it opens from now on.
+    pub fn set_passwords(&self, password_of: impl Fn(&str) -> Option<Option<String>>) {
+        for pool in self.map.write().unwrap_or_else(|e| e.into_inner()).values() {
+            if let Some(password) = password_of(&pool.key.user) {
+                pool.set_password(password.as_deref());
+            }
         }
     }
 
@@ -551,7 +573,7 @@ mod tests {
     async fn idle_connections_are_reused_until_the_host_is_retired() {
         let (host, _server) = trusting_server().await;
         let pools = pools();
-        let pool = pools.get(&key(&host, "app"), None);
+        let pool = pools.get(&key(&host, "app"), || None);
         let first = pool.checkout(WAIT).await.unwrap();
         let first_id = first.conn_ref().id;
         first.release();
@@ -578,8 +600,8 @@ mod tests {
         let (host, _server) = trusting_server().await;
         let pools = pools();
         // Two pools (users) on the same host share its epoch.
-        let app = pools.get(&key(&host, "app"), None);
-        let other = pools.get(&key(&host, "other"), None);
+        let app = pools.get(&key(&host, "app"), || None);
+        let other = pools.get(&key(&host, "other"), || None);
         let in_use = app.checkout(WAIT).await.unwrap();
         let in_use_other = other.checkout(WAIT).await.unwrap();
         let reset_later = app.checkout(WAIT).await.unwrap();
@@ -600,7 +622,7 @@ mod tests {
     async fn reloaded_max_size_applies_to_existing_pools() {
         let (host, _server) = trusting_server().await;
         let pools = pools();
-        let pool = pools.get(&key(&host, "app"), None);
+        let pool = pools.get(&key(&host, "app"), || None);
         let a = pool.checkout(WAIT).await.unwrap();
         let b = pool.checkout(WAIT).await.unwrap();
         let shrunk = PoolSettings {
@@ -632,7 +654,7 @@ mod tests {
         for conn in [only, two, three] {
             conn.release();
         }
-        let late = pools.get(&key(&host, "late"), None);
+        let late = pools.get(&key(&host, "late"), || None);
         assert_eq!(
             late.settings.load().max_size,
             3,
@@ -645,15 +667,15 @@ mod tests {
         let (a, _sa) = trusting_server().await;
         let (b, _sb) = trusting_server().await;
         let pools = pools();
-        let pa = pools.get(&key(&a, "app"), None);
-        let pb = pools.get(&key(&b, "app"), None);
+        let pa = pools.get(&key(&a, "app"), || None);
+        let pb = pools.get(&key(&b, "app"), || None);
         pa.checkout(WAIT).await.unwrap().release();
         pb.checkout(WAIT).await.unwrap().release();
         pools.retire_host(&a);
         assert_eq!(pa.stats().idle, 0);
         assert_eq!(pb.stats().idle, 1);
         // A pool created after the retirement starts at the host's current epoch.
-        let late = pools.get(&key(&a, "late"), None);
+        let late = pools.get(&key(&a, "late"), || None);
         let conn = late.checkout(WAIT).await.unwrap();
         assert!(conn.is_current());
         conn.release();
