@@ -409,7 +409,7 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
     }
     let before = admin::console::config_rows(&running);
     let after = admin::console::config_rows(&next);
-    let changed: Vec<&str> = after
+    let mut changed: Vec<&str> = after
         .iter()
         .filter(|row| !before.contains(row))
         .map(|(key, _)| key.as_str())
@@ -420,6 +420,10 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
                 .map(|(key, _)| key.as_str()),
         )
         .collect();
+    // Users are not config rows (their secrets are never shown), but a change is worth a word.
+    if running.users != next.users {
+        changed.push("users");
+    }
 
     // Read again even when the paths did not change: a renewed certificate keeps its name.
     let client_tls = match tls::ClientTls::from_config(&next.server) {

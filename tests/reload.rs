@@ -297,6 +297,12 @@ async fn a_rotated_server_password_is_used_for_new_server_connections() {
     proxy.rewrite_config(&rotating_user("server-two"));
     proxy.signal(SIGHUP);
     proxy.wait_for_log("config reloaded", LOG_WAIT);
+    let log = proxy.log();
+    let reloaded = log.lines().rev().find(|l| l.contains("config reloaded"));
+    assert!(
+        reloaded.is_some_and(|l| l.contains("users")),
+        "the reload log line should name the users: {reloaded:?}"
+    );
     terminate_rotating_user_connections(cluster);
     // Past the age at which a pooled connection is checked before use, so the dead ones are
     // dropped and new ones are opened.
