@@ -16,18 +16,24 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 /// A user only the reloaded config knows (the role exists on the servers from the start).
 const LATE_USER: &str = "[[users]]\nname = \"late_user\"\npassword = \"late\"\n";
 
-fn create_late_user(cluster: &Cluster) {
+/// Creates a login role on the servers if it does not exist, and sets its password.
+fn create_role(cluster: &Cluster, name: &str, password: &str) {
     // Tests sharing a cluster run at once; two concurrent CREATE ROLEs would collide.
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    cluster.leader.psql(
+    cluster.leader.psql(&format!(
         "DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'late_user') THEN
-             CREATE ROLE late_user LOGIN PASSWORD 'late';
+           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN
+             CREATE ROLE {name} LOGIN;
            END IF;
-         END $$",
-    );
+         END $$;
+         ALTER ROLE {name} PASSWORD '{password}'"
+    ));
     cluster.wait_for_replay();
+}
+
+fn create_late_user(cluster: &Cluster) {
+    create_role(cluster, "late_user", "late");
 }
 
 async fn console(proxy: &Proxy) -> Client {
@@ -246,21 +252,6 @@ async fn console_reload_applies_the_file_or_reports_why_not() {
     );
 }
 
-/// A user whose server password the operator rotates (the role is created here, once).
-fn create_rotating_user(cluster: &Cluster) {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    cluster.leader.psql(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rotating_user') THEN
-             CREATE ROLE rotating_user LOGIN PASSWORD 'server-one';
-           END IF;
-         END $$;
-         ALTER ROLE rotating_user PASSWORD 'server-one'",
-    );
-    cluster.wait_for_replay();
-}
-
 fn rotating_user(server_password: &str) -> String {
     format!(
         "[[users]]\nname = \"rotating_user\"\npassword = \"client\"\nserver_password = \"{server_password}\"\n"
@@ -281,7 +272,7 @@ fn terminate_rotating_user_connections(cluster: &Cluster) {
 #[tokio::test]
 async fn a_rotated_server_password_is_used_for_new_server_connections() {
     let cluster = Cluster::shared();
-    create_rotating_user(cluster);
+    create_role(cluster, "rotating_user", "server-one");
     let proxy = Proxy::start(cluster, &rotating_user("server-one"));
     let before = proxy
         .try_connect("rotating_user", "client")
