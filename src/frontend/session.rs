@@ -1709,8 +1709,7 @@ impl Session {
                     break;
                 }
                 let notice = self.sin.split_to(header.total_len).freeze();
-                self.to_client_len += notice.len();
-                self.to_client.push_back(notice);
+                self.queue_client(notice);
                 continue;
             }
             if !own && !inspected(header.tag) {
