@@ -479,16 +479,15 @@ impl Session {
                 };
                 // Everything queued goes out in one vectored write: a Bind/Execute/Sync batch
                 // is one syscall, not one per message.
-                let client_out = io_slices(&self.to_client);
-                let server_out = io_slices(&self.to_server);
-                let client_pending = !self.to_client.is_empty();
-                let server_pending = !self.to_server.is_empty();
-                let server_chunks = self.to_server.len().min(MAX_IO_SLICES);
+                let (client_out, client_chunks) = io_slices(&self.to_client);
+                let (server_out, server_chunks) = io_slices(&self.to_server);
+                let client_pending = client_chunks > 0;
+                let server_pending = server_chunks > 0;
                 let cin = &mut self.cin;
                 let sin = &mut self.sin;
                 tokio::select! {
                     r = crd.read_buf(cin), if read_client => Event::ClientRead(r),
-                    r = cwr.write_vectored(&client_out[..self.to_client.len().min(MAX_IO_SLICES)]), if client_pending => Event::ClientWrote(r),
+                    r = cwr.write_vectored(&client_out[..client_chunks]), if client_pending => Event::ClientWrote(r),
                     r = async {
                         match srd.as_mut() {
                             Some(s) => s.read_buf(sin).await,
@@ -510,10 +509,7 @@ impl Session {
                 Event::ClientRead(Ok(0))
                 | Event::ClientRead(Err(_))
                 | Event::ClientWrote(Err(_)) => return Ok(()),
-                Event::ClientWrote(Ok(n)) => {
-                    self.shared.metrics.client_bytes_sent.inc_by(n as u64);
-                    advance_queue(&mut self.to_client, &mut self.to_client_len, n);
-                }
+                Event::ClientWrote(Ok(n)) => self.client_took(n),
                 Event::ClientRead(Ok(n)) => {
                     self.shared.metrics.client_bytes_received.inc_by(n as u64);
                     self.cin_chunk = next_chunk(self.cin_chunk, n, cin_spare);
@@ -528,9 +524,7 @@ impl Session {
                     self.sin_chunk = next_chunk(self.sin_chunk, n, sin_spare);
                     self.process_server_input()
                 }
-                Event::ServerWrote(Ok(n)) => {
-                    advance_queue(&mut self.to_server, &mut self.to_server_len, n)
-                }
+                Event::ServerWrote(Ok(n)) => self.server_took(n),
                 Event::Shutdown => shutting_down = true,
                 Event::IdleInTransaction => {
                     tracing::info!(user = self.user.name(), timeout = ?idle_limit, "closing a client idle in a transaction");
@@ -550,15 +544,14 @@ impl Session {
     /// instead of two (one to read, one to wait for the socket to take the write).
     fn write_now(&mut self, client: &Socket) -> Written {
         if let (Some(a), false) = (self.server.as_mut(), self.to_server.is_empty()) {
-            let slices = io_slices(&self.to_server);
-            let chunks = self.to_server.len().min(MAX_IO_SLICES);
+            let (slices, chunks) = io_slices(&self.to_server);
             let written = a
                 .conn
                 .conn()
                 .stream_mut()
                 .try_write_vectored(&slices[..chunks]);
             match written {
-                Ok(n) => advance_queue(&mut self.to_server, &mut self.to_server_len, n),
+                Ok(n) => self.server_took(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     self.server_lost(&format!("lost connection to server: {e}"));
@@ -567,18 +560,25 @@ impl Session {
             }
         }
         if !self.to_client.is_empty() {
-            let slices = io_slices(&self.to_client);
-            let chunks = self.to_client.len().min(MAX_IO_SLICES);
+            let (slices, chunks) = io_slices(&self.to_client);
             match client.try_write_vectored(&slices[..chunks]) {
-                Ok(n) => {
-                    self.shared.metrics.client_bytes_sent.inc_by(n as u64);
-                    advance_queue(&mut self.to_client, &mut self.to_client_len, n);
-                }
+                Ok(n) => self.client_took(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Written::ClientGone,
             }
         }
         Written::Done
+    }
+
+    /// The client's socket took the first `n` queued bytes.
+    fn client_took(&mut self, n: usize) {
+        self.shared.metrics.client_bytes_sent.inc_by(n as u64);
+        advance_queue(&mut self.to_client, &mut self.to_client_len, n);
+    }
+
+    /// The server's socket took the first `n` queued bytes.
+    fn server_took(&mut self, n: usize) {
+        advance_queue(&mut self.to_server, &mut self.to_server_len, n);
     }
 
     /// No transaction open, nothing owed to the client: a safe point to end the session.
@@ -2259,13 +2259,14 @@ fn next_chunk(current: usize, read: usize, offered: usize) -> usize {
 /// At most this many queued chunks go into one vectored write.
 const MAX_IO_SLICES: usize = 8;
 
-/// The queued chunks as I/O slices, without allocating; unused slots are empty.
-fn io_slices(queue: &VecDeque<Bytes>) -> [std::io::IoSlice<'_>; MAX_IO_SLICES] {
+/// The queued chunks as I/O slices, without allocating, and how many slots are used (the
+/// rest are empty).
+fn io_slices(queue: &VecDeque<Bytes>) -> ([std::io::IoSlice<'_>; MAX_IO_SLICES], usize) {
     let mut slices = [std::io::IoSlice::new(&[]); MAX_IO_SLICES];
     for (slot, chunk) in slices.iter_mut().zip(queue.iter()) {
         *slot = std::io::IoSlice::new(chunk);
     }
-    slices
+    (slices, queue.len().min(MAX_IO_SLICES))
 }
 
 fn advance_queue(queue: &mut VecDeque<Bytes>, len: &mut usize, mut n: usize) {
