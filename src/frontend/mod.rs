@@ -341,6 +341,7 @@ async fn finish_login(
         cancel,
         server: keep,
         registered,
+        pools,
     })
 }
 

@@ -185,6 +185,8 @@ pub struct SessionLogin {
     pub server: Option<PooledConn>,
     /// The client's line in `SHOW CLIENTS`.
     pub registered: ClientEntry,
+    /// The pools the login used (its leader's).
+    pub pools: PoolCache,
 }
 
 pub struct Session {
@@ -330,6 +332,7 @@ impl Session {
             cancel,
             server,
             registered,
+            pools,
         } = login;
         let config = shared.config.load();
         let pool_mode = config.server.pool_mode;
@@ -369,7 +372,7 @@ impl Session {
             last_was_commit: false,
             batch: Vec::new(),
             batch_bytes: 0,
-            pools: PoolCache::default(),
+            pools,
             route_counter: None,
             waiting: None,
             extended_open: false,
