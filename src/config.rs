@@ -125,9 +125,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
-    /// Threads that serve clients. `0` (the default) means one per CPU core. On a machine
-    /// whose cores PostgreSQL or the application also use, fewer threads can cost less CPU
-    /// per query (1 is PgBouncer's model). Restart only.
+    /// Threads that serve clients. `0` (the default) means one per CPU core. `1` runs
+    /// everything on one thread with a single-threaded scheduler (PgBouncer's model): no
+    /// work stealing or cross-thread wakeups, so less CPU per query where PostgreSQL or the
+    /// application share the machine's few cores. Restart only.
     pub workers: usize,
 }
 

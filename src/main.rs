@@ -44,11 +44,16 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.server.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.worker_threads())
-        .enable_all()
-        .build()
-    {
+    // One worker needs no work-stealing scheduler: a single-threaded one polls the same
+    // tasks without cross-thread wakeups.
+    let mut builder = if config.server.worker_threads() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.server.worker_threads());
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgrelay: cannot start the runtime: {e}");

@@ -232,4 +232,14 @@ fn pgbench_every_query_mode_runs_without_errors() {
             100,
         );
     }
+    drop(proxy);
+    // `workers = 1` runs pgrelay on a single-threaded scheduler: the same work, as cleanly.
+    let single = Proxy::start_with_env(cluster, "", &[("PGRELAY_SERVER__WORKERS", "1")]);
+    for mode in ["simple", "prepared"] {
+        support::pgbench::pgbench_runs_cleanly(
+            single.port(),
+            &["-M", mode, "-c", "8", "-j", "2", "-T", "3", "-n"],
+            100,
+        );
+    }
 }
