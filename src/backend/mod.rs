@@ -117,6 +117,9 @@ pub struct ServerConn {
     pub sql_prepared: HashMap<String, String>,
     pub created_at: Instant,
     pub last_used: Instant,
+    /// The read buffer of the session holding this connection, kept between holders so a
+    /// transaction does not allocate one.
+    pub read_buf: BytesMut,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -180,6 +183,7 @@ impl ServerConn {
             sql_prepared: HashMap::new(),
             created_at: Instant::now(),
             last_used: Instant::now(),
+            read_buf: BytesMut::new(),
         };
         let mut out = BytesMut::new();
         let mut startup: Vec<(&str, &str)> = vec![("user", opts.user), ("database", opts.database)];

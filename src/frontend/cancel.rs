@@ -19,7 +19,16 @@ pub struct CancelTarget {
     pub secret_key: i32,
 }
 
-type Slot = Arc<Mutex<Option<CancelTarget>>>;
+/// The server a client used last, and whether it holds it now. The target stays when the
+/// client gives the connection back, so the next transaction on the same server connection
+/// (the common case) changes a flag instead of allocating a new target.
+#[derive(Default)]
+struct SlotState {
+    target: Option<CancelTarget>,
+    holding: bool,
+}
+
+type Slot = Arc<Mutex<SlotState>>;
 
 #[derive(Default)]
 pub struct CancelRegistry {
@@ -37,7 +46,7 @@ pub struct CancelHandle {
 impl CancelRegistry {
     /// Registers a new client under a fresh random key.
     pub fn register(self: &Arc<Self>) -> CancelHandle {
-        let slot: Slot = Arc::new(Mutex::new(None));
+        let slot: Slot = Arc::default();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             // PostgreSQL process ids are positive; keep ours looking like them.
@@ -64,8 +73,8 @@ impl CancelRegistry {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(process_id, secret_key))
             .cloned()?;
-        let target = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        target
+        let state = slot.lock().unwrap_or_else(|e| e.into_inner());
+        state.target.clone().filter(|_| state.holding)
     }
 
     pub fn len(&self) -> usize {
@@ -78,8 +87,25 @@ impl CancelRegistry {
 }
 
 impl CancelHandle {
-    pub fn set(&self, target: Option<CancelTarget>) {
-        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = target;
+    /// The client now runs its queries on this server process.
+    pub fn hold(&self, host: &HostAddr, process_id: i32, secret_key: i32) {
+        let mut state = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let same = state.target.as_ref().is_some_and(|t| {
+            t.process_id == process_id && t.secret_key == secret_key && &t.host == host
+        });
+        if !same {
+            state.target = Some(CancelTarget {
+                host: host.clone(),
+                process_id,
+                secret_key,
+            });
+        }
+        state.holding = true;
+    }
+
+    /// The client holds no server connection: a cancel now reaches nothing.
+    pub fn release(&self) {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).holding = false;
     }
 }
 
@@ -111,9 +137,19 @@ mod tests {
             process_id: 42,
             secret_key: 7,
         };
-        h.set(Some(t.clone()));
-        assert_eq!(reg.target(h.process_id, h.secret_key), Some(t));
+        h.hold(&t.host, t.process_id, t.secret_key);
+        assert_eq!(reg.target(h.process_id, h.secret_key), Some(t.clone()));
         assert_eq!(reg.target(h.process_id, h.secret_key.wrapping_add(1)), None);
+        // Between transactions the client holds no server: its cancel reaches nothing.
+        h.release();
+        assert_eq!(reg.target(h.process_id, h.secret_key), None);
+        h.hold(&t.host, t.process_id, t.secret_key);
+        assert_eq!(reg.target(h.process_id, h.secret_key), Some(t.clone()));
+        h.hold(&t.host, 43, 7);
+        assert_eq!(
+            reg.target(h.process_id, h.secret_key).map(|t| t.process_id),
+            Some(43)
+        );
         let (pid, key) = (h.process_id, h.secret_key);
         drop(h);
         assert_eq!(reg.target(pid, key), None);

@@ -79,7 +79,9 @@ struct Record {
     connected_at: SystemTime,
     connected: Instant,
     state: AtomicU8,
-    server: Mutex<Option<HostAddr>>,
+    /// The server the client used last, and whether it holds it now: kept between
+    /// transactions so holding the same server again allocates nothing.
+    server: Mutex<(Option<HostAddr>, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -114,7 +116,7 @@ impl ClientRegistry {
             connected_at: SystemTime::now(),
             connected: Instant::now(),
             state: AtomicU8::new(ClientState::Idle.as_u8()),
-            server: Mutex::new(None),
+            server: Mutex::new((None, false)),
         });
         self.inner
             .clients
@@ -148,7 +150,10 @@ impl ClientRegistry {
                 connected_at: r.connected_at,
                 age: r.connected.elapsed(),
                 state: ClientState::from_u8(r.state.load(Ordering::Relaxed)),
-                server: r.server.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                server: match &*r.server.lock().unwrap_or_else(|e| e.into_inner()) {
+                    (Some(host), true) => Some(host.clone()),
+                    _ => None,
+                },
             })
             .collect();
         clients.sort_by_key(|c| c.id);
@@ -180,11 +185,17 @@ impl ClientEntry {
     }
 
     /// Records the server connection the client holds (None when it gave it back). Allocates
-    /// only when the server differs from the one recorded.
+    /// only when the server differs from the one it held last.
     pub fn set_server(&self, server: Option<&HostAddr>) {
         let mut current = self.record.server.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref() != server {
-            *current = server.cloned();
+        match server {
+            Some(host) => {
+                if current.0.as_ref() != Some(host) {
+                    current.0 = Some(host.clone());
+                }
+                current.1 = true;
+            }
+            None => current.1 = false,
         }
     }
 }
@@ -250,5 +261,7 @@ mod tests {
         let info = &registry.list()[0];
         assert_eq!(info.state, ClientState::Idle);
         assert_eq!(info.server, None);
+        client.set_server(Some(&replica));
+        assert_eq!(registry.list()[0].server.as_ref(), Some(&replica));
     }
 }

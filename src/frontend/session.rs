@@ -17,19 +17,19 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::cancel::{CancelHandle, CancelTarget};
+use super::cancel::CancelHandle;
 use super::error::FrontendError;
 use super::prepared::{rewrite_bind, rewrite_target, ClientStatement, ClientStatements};
 use super::registry::{ClientEntry, ClientState};
 use super::settings::Settings;
 use crate::auth::users::UserEntry;
-use crate::config::{Consistency, HostAddr, PoolMode};
+use crate::config::{Config, Consistency, HostAddr, PoolMode};
 use crate::net::Socket;
 use crate::pool::{Pool, PoolError, PoolKey, PooledConn};
 use crate::protocol::build::{self, Severity};
@@ -39,6 +39,7 @@ use crate::router::catalog::SharedCatalog;
 use crate::router::classify::RouteHint;
 use crate::router::route::{self, Candidate, Need, Reason, Target};
 use crate::router::{plan, plan as plan_body, Plan, SettingChange, TxEnd};
+use crate::topology::Snapshot;
 use crate::Shared;
 
 /// Stop reading a side while this much is queued for the other (backpressure).
@@ -47,6 +48,8 @@ const HIGH_WATER: usize = 1 << 20;
 const SMALL_READ: usize = 1024;
 /// ...and grow up to this while the peer keeps filling them (large results, COPY).
 const MAX_READ: usize = 256 * 1024;
+/// A server connection keeps a read buffer up to this size for its next client.
+const KEPT_READ_BUFFER: usize = 16 * 1024;
 /// A server is trusted with messages up to PostgreSQL's own limit.
 const MAX_SERVER_MESSAGE: u64 = (1 << 30) - 1;
 /// An extended-protocol batch larger than this is routed before its Sync arrives.
@@ -63,7 +66,15 @@ const NEVER_PREPARED: &str = "pgrelay_none";
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     Leader,
-    Replica(HostAddr),
+    /// The host is the connection's (`PooledConn::host`).
+    Replica,
+}
+
+/// Where routing sends a unit, and why a read that wanted a replica did not get one.
+struct Choice {
+    target: Target,
+    reason: Reason,
+    rerouted: Option<&'static str>,
 }
 
 /// The server connection a client holds.
@@ -210,6 +221,8 @@ pub struct Session {
     /// The `pgrelay_queries_total` series the last unit counted in: units of one client
     /// usually take the same route.
     route_counter: Option<(bool, Reason, IntCounter)>,
+    /// The reroute counter this client moved last, by reason (as `route_counter`).
+    reroute_counter: Option<(&'static str, IntCounter)>,
     pool_mode: PoolMode,
     max_message_size: u64,
 
@@ -374,6 +387,7 @@ impl Session {
             batch_bytes: 0,
             pools,
             route_counter: None,
+            reroute_counter: None,
             waiting: None,
             extended_open: false,
             skip_until_sync: false,
@@ -394,7 +408,8 @@ impl Session {
             closing: false,
         };
         if let Some(a) = &session.server {
-            session.cancel.set(Some(cancel_target(&a.conn)));
+            let c = a.conn.conn_ref();
+            session.cancel.hold(&c.host, c.process_id, c.secret_key);
         }
         session
     }
@@ -469,6 +484,7 @@ impl Session {
             let read_client =
                 !self.closing && self.to_server_len < HIGH_WATER && self.waiting.is_none();
             let has_server = self.server.is_some();
+            let between_transactions = self.is_between_transactions();
             let read_server = has_server && self.to_client_len < HIGH_WATER;
             let event = {
                 let (mut crd, mut cwr) = client.split();
@@ -503,7 +519,9 @@ impl Session {
                             None => std::future::pending().await,
                         }
                     }, if server_pending && has_server => Event::ServerWrote(r),
-                    _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
+                    // Acted on only between transactions, so only waited for there: the
+                    // channel's version tells a shutdown that began meanwhile.
+                    _ = &mut shutdown_signal, if !shutting_down && between_transactions => Event::Shutdown,
                     // Built only when polled: a Sleep reads the clock when it is made.
                     _ = async { tokio::time::sleep(idle_limit).await }, if idle_in_transaction => Event::IdleInTransaction,
                 }
@@ -725,7 +743,7 @@ impl Session {
         };
         tracing::warn!(user = self.user.name(), host = %old.conn.host(), "server changed role under a pinned client");
         old.conn.discard();
-        self.cancel.set(None);
+        self.cancel.release();
         if self.pool_mode == PoolMode::Transaction {
             self.send_error(
                 Severity::Fatal,
@@ -737,7 +755,7 @@ impl Session {
         }
         let mut plan = Plan::read();
         plan.need = Need::Leader(Reason::Pinned);
-        if let Err(e) = Box::pin(self.attach(&plan)).await {
+        if let Err(e) = Box::pin(self.attach(&plan, None)).await {
             let code = e
                 .sqlstate()
                 .unwrap_or(sqlstate::CONNECTION_FAILURE)
@@ -872,17 +890,19 @@ impl Session {
         if let Some(a) = &self.server {
             let fits = match (&a.role, plan.need) {
                 (Role::Leader, _) => true,
-                (Role::Replica(_), Need::Read | Need::ReadOnlyTransaction) => true,
-                (Role::Replica(_), Need::Leader(_)) => false,
+                (Role::Replica, Need::Read | Need::ReadOnlyTransaction) => true,
+                (Role::Replica, Need::Leader(_)) => false,
             };
             if !fits {
                 // Wait for the replica's unit to finish and the connection to be released.
                 self.waiting = Some(waiting);
                 return false;
             }
-        } else if let Err(e) = Box::pin(self.attach(&plan)).await {
-            self.refuse_unit(&waiting, &e);
-            return true;
+        } else if let Err(round_robin) = self.attach_now(&plan) {
+            if let Err(e) = Box::pin(self.attach(&plan, round_robin)).await {
+                self.refuse_unit(&waiting, &e);
+                return true;
+            }
         }
         if plan.pin && !self.pinned {
             self.pinned = true;
@@ -1046,14 +1066,14 @@ impl Session {
         };
         let answered_by = match &a.role {
             Role::Leader => crate::cache::AnsweredBy::Leader,
-            Role::Replica(host) => crate::cache::AnsweredBy::Replica {
+            Role::Replica => crate::cache::AnsweredBy::Replica {
                 replay_lsn: self
                     .shared
                     .topology
                     .snapshot()
                     .servers
                     .iter()
-                    .find(|s| &s.host == host)
+                    .find(|s| &s.host == a.conn.host())
                     .and_then(|s| s.lsn)
                     .unwrap_or(0),
             },
@@ -1511,10 +1531,140 @@ impl Session {
         self.sent_batches += 1;
     }
 
-    /// Takes a server connection for the client's next unit, as routing decides. Callers box
-    /// this future (and the other rare, large ones): awaited inline, its size would be part of
-    /// every idle session's task.
-    async fn attach(&mut self, plan: &Plan) -> Result<(), FrontendError> {
+    /// Takes a server connection for the client's next unit, as routing decides, when the
+    /// chosen server's pool has an idle connection: the common case, done without a future,
+    /// a wait or a second look at the topology. Otherwise `attach` must do it, and gets the
+    /// round-robin turn this took, so it makes the same choice (a replica with no idle
+    /// connection yet is not passed over for one that has).
+    fn attach_now(&mut self, plan: &Plan) -> Result<(), Option<usize>> {
+        let mut round_robin = None;
+        if *self.shared.paused.borrow() {
+            return Err(round_robin);
+        }
+        let config = self.shared.config.load();
+        let snapshot = self.shared.topology.snapshot();
+        let choice = self.choose_server(plan, &snapshot, &config, &[], &mut round_robin);
+        let (host, role) = match choice.target {
+            Target::Leader => match snapshot.leader() {
+                Some(l) => (&l.host, Role::Leader),
+                None => return Err(round_robin),
+            },
+            Target::Replica(i) => (&snapshot.servers[i].host, Role::Replica),
+            Target::Refuse => return Err(round_robin),
+        };
+        let pool = self
+            .pools
+            .get(&self.shared, host, &self.user, &self.database);
+        let Some(conn) = pool.try_checkout() else {
+            return Err(round_robin);
+        };
+        self.count_reroute(choice.rerouted);
+        self.attached(conn, role, choice.reason, Duration::ZERO);
+        Ok(())
+    }
+
+    /// Where routing sends the unit now, given the servers already tried (`excluded`). A
+    /// choice among replicas takes the round-robin turn in `round_robin`, or a new one (left
+    /// there).
+    fn choose_server(
+        &self,
+        plan: &Plan,
+        snapshot: &Snapshot,
+        config: &Config,
+        excluded: &[HostAddr],
+        round_robin: &mut Option<usize>,
+    ) -> Choice {
+        let min_lsn = match config.cluster.consistency {
+            Consistency::ReadYourWrites => self.last_commit_lsn,
+            Consistency::Eventual => None,
+        };
+        let wants_replica = matches!(plan.need, Need::Read | Need::ReadOnlyTransaction)
+            && plan.hint != Some(RouteHint::Leader);
+        if !wants_replica {
+            // Routing sends this to the leader whatever the replicas are.
+            let view = route::View {
+                candidates: &[],
+                replicas_up: false,
+                lagging_reads: config.cluster.lagging_reads,
+                round_robin: 0,
+            };
+            let decision = route::route(plan.need, plan.hint, &view);
+            return Choice {
+                target: decision.target,
+                reason: decision.reason,
+                rerouted: None,
+            };
+        }
+        let now = Instant::now();
+        let usable = |i: &usize| {
+            let host = &snapshot.servers[*i].host;
+            !excluded.contains(host) && !self.shared.bans.is_banned(host, now)
+        };
+        let candidates: Vec<Candidate> = snapshot
+            .read_candidates(min_lsn)
+            .into_iter()
+            .filter(usable)
+            .map(|index| Candidate {
+                index,
+                outstanding: self.shared.pools.active_on(&snapshot.servers[index].host),
+            })
+            .collect();
+        let view = route::View {
+            candidates: &candidates,
+            replicas_up: snapshot.replicas().next().is_some(),
+            lagging_reads: config.cluster.lagging_reads,
+            // Advanced only when there is a choice, so a client alternating writes and
+            // reads still spreads its reads.
+            round_robin: if candidates.len() > 1 {
+                *round_robin
+                    .get_or_insert_with(|| self.shared.round_robin.fetch_add(1, Ordering::Relaxed))
+            } else {
+                0
+            },
+        };
+        let decision = route::route(plan.need, plan.hint, &view);
+        let rerouted = match decision.reason {
+            Reason::Lag
+                if min_lsn.is_some() && snapshot.read_candidates(None).iter().any(usable) =>
+            {
+                Some("read_your_writes")
+            }
+            Reason::Lag if !excluded.is_empty() => Some("banned"),
+            Reason::Lag => Some("lag"),
+            Reason::Fallback => Some("no_replica"),
+            _ => None,
+        };
+        Choice {
+            target: decision.target,
+            reason: decision.reason,
+            rerouted,
+        }
+    }
+
+    fn count_reroute(&mut self, rerouted: Option<&'static str>) {
+        let Some(why) = rerouted else {
+            return;
+        };
+        match &self.reroute_counter {
+            Some((last, counter)) if *last == why => counter.inc(),
+            _ => {
+                let counter = self.shared.metrics.reads_rerouted.with_label_values(&[why]);
+                counter.inc();
+                self.reroute_counter = Some((why, counter));
+            }
+        }
+    }
+
+    /// Takes a server connection for the client's next unit when `attach_now` could not: it
+    /// waits while pgrelay is paused, for a free slot, for a new connection, or for a leader
+    /// to be known, and routes around replicas that fail. Callers box this future (and the
+    /// other rare, large ones): awaited inline, its size would be part of every idle session's
+    /// task.
+    async fn attach(
+        &mut self,
+        plan: &Plan,
+        mut round_robin: Option<usize>,
+    ) -> Result<(), FrontendError> {
         self.registered.set_state(ClientState::Waiting);
         crate::admin::console::wait_while_paused(&self.shared).await;
         let started = Instant::now();
@@ -1522,69 +1672,16 @@ impl Session {
         let mut excluded: Vec<HostAddr> = Vec::new();
         let (conn, role, reason) = loop {
             let snapshot = self.shared.topology.snapshot();
-            let min_lsn = match config.cluster.consistency {
-                Consistency::ReadYourWrites => self.last_commit_lsn,
-                Consistency::Eventual => None,
-            };
-            let wants_replica = matches!(plan.need, Need::Read | Need::ReadOnlyTransaction)
-                && plan.hint != Some(RouteHint::Leader);
-            let usable = |i: &usize| {
-                let host = &snapshot.servers[*i].host;
-                !excluded.contains(host) && !self.shared.bans.is_banned(host, Instant::now())
-            };
-            let candidates: Vec<Candidate> = if wants_replica {
-                snapshot
-                    .read_candidates(min_lsn)
-                    .into_iter()
-                    .filter(usable)
-                    .map(|index| Candidate {
-                        index,
-                        outstanding: self.shared.pools.active_on(&snapshot.servers[index].host),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let view = route::View {
-                candidates: &candidates,
-                replicas_up: snapshot.replicas().next().is_some(),
-                lagging_reads: config.cluster.lagging_reads,
-                // Advanced only when there is a choice, so a client alternating writes and
-                // reads still spreads its reads.
-                round_robin: if candidates.len() > 1 {
-                    self.shared.round_robin.fetch_add(1, Ordering::Relaxed)
-                } else {
-                    0
-                },
-            };
-            let decision = route::route(plan.need, plan.hint, &view);
-            if wants_replica {
-                let rerouted = match decision.reason {
-                    Reason::Lag
-                        if min_lsn.is_some()
-                            && snapshot.read_candidates(None).iter().any(usable) =>
-                    {
-                        Some("read_your_writes")
-                    }
-                    Reason::Lag if !excluded.is_empty() => Some("banned"),
-                    Reason::Lag => Some("lag"),
-                    Reason::Fallback => Some("no_replica"),
-                    _ => None,
-                };
-                if let Some(why) = rerouted {
-                    self.shared
-                        .metrics
-                        .reads_rerouted
-                        .with_label_values(&[why])
-                        .inc();
-                }
-            }
-            match decision.target {
+            let choice = self.choose_server(plan, &snapshot, &config, &excluded, &mut round_robin);
+            // A replica that failed is left out and the next choice takes a new turn.
+            round_robin = None;
+            self.count_reroute(choice.rerouted);
+            match choice.target {
                 Target::Leader => {
                     let conn =
                         checkout_leader(&self.shared, &self.user, &self.database, &mut self.pools)
                             .await?;
-                    break (conn, Role::Leader, decision.reason);
+                    break (conn, Role::Leader, choice.reason);
                 }
                 Target::Refuse => {
                     return Err(FrontendError::NoServer {
@@ -1594,42 +1691,47 @@ impl Session {
                     })
                 }
                 Target::Replica(i) => {
-                    let host = snapshot.servers[i].host.clone();
+                    let host = &snapshot.servers[i].host;
                     let pool = self
                         .pools
-                        .get(&self.shared, &host, &self.user, &self.database);
+                        .get(&self.shared, host, &self.user, &self.database);
                     match checkout(&self.shared, &pool).await {
-                        Ok(conn) => break (conn, Role::Replica(host), decision.reason),
+                        Ok(conn) => break (conn, Role::Replica, choice.reason),
                         Err(e) => {
                             tracing::warn!(host = %host, error = %e, "replica unavailable; banning it and routing elsewhere");
                             self.shared
                                 .bans
-                                .ban(&host, Instant::now() + config.cluster.ban_time);
-                            excluded.push(host);
+                                .ban(host, Instant::now() + config.cluster.ban_time);
+                            excluded.push(host.clone());
                         }
                     }
                 }
             }
         };
-        self.shared
-            .metrics
-            .pool_wait
-            .observe(started.elapsed().as_secs_f64());
+        self.attached(conn, role, reason, started.elapsed());
+        Ok(())
+    }
+
+    /// The client now holds `conn`: accounts for it and brings the connection's session
+    /// settings in line with the client's.
+    fn attached(&mut self, mut conn: PooledConn, role: Role, reason: Reason, waited: Duration) {
+        self.shared.metrics.pool_wait.observe(waited.as_secs_f64());
         self.count_route(&role, reason);
         self.registered.set_state(ClientState::Active);
-        self.replay = matches!(role, Role::Replica(_)).then(Vec::new);
+        self.registered.set_server(Some(conn.host()));
+        let c = conn.conn();
+        self.cancel.hold(&c.host, c.process_id, c.secret_key);
+        self.replay = (role == Role::Replica).then(Vec::new);
         self.replay_bytes = 0;
-        let mut attached = Attached { conn, role };
-        self.registered.set_server(Some(attached.conn.host()));
-        self.cancel.set(Some(cancel_target(&attached.conn)));
-        let sync = self.settings.sync_sql(&mut attached.conn.conn().applied);
+        let sync = self.settings.sync_sql(&mut c.applied);
+        // The connection lends the session its read buffer while attached.
+        self.sin = std::mem::take(&mut c.read_buf);
         self.sin.clear();
         self.s_passthrough = 0;
-        self.server = Some(attached);
+        self.server = Some(Attached { conn, role });
         if let Some(sql) = sync {
             self.send_own_query(&sql, Own::Settings);
         }
-        Ok(())
     }
 
     fn count_route(&mut self, role: &Role, reason: Reason) {
@@ -1799,10 +1901,8 @@ impl Session {
                     return own.is_none();
                 };
                 let (name, value) = (name.to_owned(), value.to_owned());
-                let on_replica = matches!(
-                    self.server.as_ref().map(|a| &a.role),
-                    Some(Role::Replica(_))
-                );
+                let on_replica =
+                    matches!(self.server.as_ref().map(|a| &a.role), Some(Role::Replica));
                 let followed = self.settings.follow_report(&name, &value);
                 if let Some(a) = self.server.as_mut() {
                     let conn = a.conn.conn();
@@ -2079,14 +2179,17 @@ impl Session {
         if !idle {
             return;
         }
-        if let Some(a) = self.server.take() {
+        if let Some(mut a) = self.server.take() {
+            // An idle client keeps no server-side buffer: the connection takes it back.
+            let buffer = std::mem::take(&mut self.sin);
+            if buffer.capacity() <= KEPT_READ_BUFFER {
+                a.conn.conn().read_buf = buffer;
+            }
             a.conn.release();
-            self.cancel.set(None);
+            self.cancel.release();
             self.registered.set_server(None);
             self.registered.set_state(ClientState::Idle);
             self.replay = None;
-            // An idle client keeps no server-side buffer.
-            self.sin = BytesMut::new();
             self.sin_chunk = SMALL_READ;
             self.shared.metrics.transactions.inc();
         }
@@ -2141,12 +2244,14 @@ impl Session {
     /// Forgets a failed server connection: bans its host if it is a replica, closes it, and
     /// clears everything buffered to or from it.
     fn drop_failed_server(&mut self, a: Attached) {
-        if let Role::Replica(host) = &a.role {
+        if a.role == Role::Replica {
             let ban_time = self.shared.config.load().cluster.ban_time;
-            self.shared.bans.ban(host, Instant::now() + ban_time);
+            self.shared
+                .bans
+                .ban(a.conn.host(), Instant::now() + ban_time);
         }
         a.conn.discard();
-        self.cancel.set(None);
+        self.cancel.release();
         self.registered.set_server(None);
         self.registered.set_state(ClientState::Idle);
         self.to_server.clear();
@@ -2163,10 +2268,7 @@ impl Session {
     /// front of the unread client input, to be routed anew. Only for autocommit units (a
     /// transaction's BEGIN is not among the kept messages). Returns whether it did so.
     fn replay_elsewhere(&mut self, reason: &str) -> bool {
-        let on_replica = matches!(
-            self.server.as_ref().map(|a| &a.role),
-            Some(Role::Replica(_))
-        );
+        let on_replica = matches!(self.server.as_ref().map(|a| &a.role), Some(Role::Replica));
         if !on_replica
             || self.pinned
             || self.tx != TxStatus::Idle
@@ -2232,7 +2334,7 @@ impl Session {
         let Some(a) = self.server.take() else {
             return;
         };
-        self.cancel.set(None);
+        self.cancel.release();
         let clean = self.is_between_transactions()
             && self.to_server.is_empty()
             && self.sin.is_empty()
@@ -2285,15 +2387,6 @@ fn advance_queue(queue: &mut VecDeque<Bytes>, len: &mut usize, mut n: usize) {
             front.advance(n);
             n = 0;
         }
-    }
-}
-
-fn cancel_target(conn: &PooledConn) -> CancelTarget {
-    let c = conn.conn_ref();
-    CancelTarget {
-        host: c.host.clone(),
-        process_id: c.process_id,
-        secret_key: c.secret_key,
     }
 }
 

@@ -99,7 +99,7 @@ pub struct Pool {
 
 /// An idle connection and the role epoch of its host when it was opened.
 struct IdleConn {
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     epoch: u64,
 }
 
@@ -161,15 +161,33 @@ impl Pool {
         let epoch = self.epoch();
         let conn = match self.take_idle(epoch) {
             Some(conn) => conn,
-            None => self.connect().await?,
+            None => Box::new(self.connect().await?),
         };
+        Ok(self.hand_out(conn, epoch, permit))
+    }
+
+    /// An idle connection, if one is there and a slot is free, without waiting or
+    /// connecting: the common checkout, done without a future.
+    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+        let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
+        let epoch = self.epoch();
+        let conn = self.take_idle(epoch)?;
+        Some(self.hand_out(conn, epoch, permit))
+    }
+
+    fn hand_out(
+        self: &Arc<Self>,
+        conn: Box<ServerConn>,
+        epoch: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> PooledConn {
         self.active.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
+        PooledConn {
             conn: Some(conn),
             epoch,
             pool: Arc::clone(self),
             permit: Some(permit),
-        })
+        }
     }
 
     /// The host's current role epoch.
@@ -177,7 +195,7 @@ impl Pool {
         self.epoch.load(Ordering::Acquire)
     }
 
-    fn take_idle(&self, epoch: u64) -> Option<ServerConn> {
+    fn take_idle(&self, epoch: u64) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = idle.pop() {
             let idle_for = entry.conn.last_used.elapsed();
@@ -219,7 +237,7 @@ impl Pool {
     }
 
     /// Pools a connection opened under `epoch`, or closes it if its host changed role since.
-    fn put_idle(&self, mut conn: ServerConn, epoch: u64) {
+    fn put_idle(&self, mut conn: Box<ServerConn>, epoch: u64) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock `retire` clears under, so a connection cannot slip in
         // between a bump and the clearing.
@@ -289,7 +307,8 @@ impl Pool {
 
 /// A checked-out connection. Dropping it closes the connection; only `release` returns it.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    /// Boxed: a connection moves in and out of the idle list every transaction.
+    conn: Option<Box<ServerConn>>,
     /// The host's role epoch when this connection was handed out.
     epoch: u64,
     pool: Arc<Pool>,

@@ -15,6 +15,7 @@
 //! pgcat#884 and pgcat#865). It knows nothing of sessions, transactions or the cluster;
 //! `router::route` combines a [`Classification`] with those.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::ops::{ControlFlow, Range};
@@ -2321,10 +2322,10 @@ const NUMBER_BLIND_KEYWORDS: &[&str] = &[
 ];
 
 /// `sql` with every digit of every numeric literal replaced by `0` (same length, so statement
-/// ranges stay valid), or None when nothing changes, the text holds more than one statement, or
+/// ranges stay valid), written into `out`, or None when nothing changes, the text holds more than one statement, or
 /// it is not a statement kind known to be number-blind. Digits inside strings, quoted identifiers, comments (hints live there),
 /// identifiers and `$n` parameters are left alone; any dollar-quoted string makes it give up.
-pub fn numbers_blanked(sql: &str) -> Option<String> {
+pub fn numbers_blanked<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
     let b = sql.as_bytes();
     let first = first_keyword(b)?;
     if !NUMBER_BLIND_KEYWORDS
@@ -2334,7 +2335,7 @@ pub fn numbers_blanked(sql: &str) -> Option<String> {
         return None;
     }
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    let mut out: Option<Vec<u8>> = None;
+    let mut changed = false;
     let mut i = 0;
     while i < b.len() {
         match b[i] {
@@ -2398,7 +2399,12 @@ pub fn numbers_blanked(sql: &str) -> Option<String> {
             c if c.is_ascii_digit() && !(i > 0 && ident(b[i - 1])) => {
                 while i < b.len() && b[i].is_ascii_digit() {
                     if b[i] != b'0' {
-                        out.get_or_insert_with(|| b.to_vec())[i] = b'0';
+                        if !changed {
+                            out.clear();
+                            out.extend_from_slice(b);
+                            changed = true;
+                        }
+                        out[i] = b'0';
                     }
                     i += 1;
                 }
@@ -2412,7 +2418,11 @@ pub fn numbers_blanked(sql: &str) -> Option<String> {
         }
     }
     // Only ASCII digits were replaced by ASCII digits: still valid UTF-8.
-    out.and_then(|v| String::from_utf8(v).ok())
+    if changed {
+        std::str::from_utf8(out).ok()
+    } else {
+        None
+    }
 }
 
 /// The first word of `sql` after whitespace and comments.
@@ -2472,8 +2482,20 @@ impl ClassifyCache {
     /// one entry: numeric literals never change a classification, and without this every
     /// simple-protocol query with an inline id would be parsed again.
     pub fn classify(&self, sql: &str, catalog: &FunctionCatalog) -> Arc<Classification> {
-        let shaped = numbers_blanked(sql);
-        let sql = shaped.as_deref().unwrap_or(sql);
+        thread_local! {
+            /// Where a statement's shape is written: no allocation per lookup.
+            static SHAPE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        SHAPE.with_borrow_mut(|shape| {
+            if shape.capacity() > MAX_CACHED_TEXT_BYTES {
+                *shape = Vec::new();
+            }
+            let sql = numbers_blanked(sql, shape).unwrap_or(sql);
+            self.classify_shape(sql, catalog)
+        })
+    }
+
+    fn classify_shape(&self, sql: &str, catalog: &FunctionCatalog) -> Arc<Classification> {
         let generation = catalog.generation();
         let hash = self.hasher.hash_one(sql);
         // High bits pick the shard: the map inside uses the low bits for buckets.
@@ -3587,44 +3609,41 @@ mod tests {
         assert_eq!(classify("SELECT audit(1)", &catalog).class, R);
     }
 
+    fn blanked(sql: &str) -> Option<String> {
+        numbers_blanked(sql, &mut Vec::new()).map(str::to_owned)
+    }
+
     #[test]
     fn numbers_are_blanked_only_where_they_cannot_matter() {
         assert_eq!(
-            numbers_blanked("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;").as_deref(),
+            blanked("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;").as_deref(),
             Some("SELECT abalance FROM pgbench_accounts WHERE aid = 00000;")
         );
         assert_eq!(
-            numbers_blanked("select * from t1 where a = $1 and b = 'x9' and \"c2\" = 3").as_deref(),
+            blanked("select * from t1 where a = $1 and b = 'x9' and \"c2\" = 3").as_deref(),
             Some("select * from t1 where a = $1 and b = 'x9' and \"c2\" = 0")
         );
         assert_eq!(
-            numbers_blanked("/* pgrelay: cache ttl=30s */ SELECT 7").as_deref(),
+            blanked("/* pgrelay: cache ttl=30s */ SELECT 7").as_deref(),
             Some("/* pgrelay: cache ttl=30s */ SELECT 0")
         );
         assert_eq!(
-            numbers_blanked("SET statement_timeout = 5000"),
+            blanked("SET statement_timeout = 5000"),
             None,
             "values of SET matter"
         );
-        assert_eq!(numbers_blanked("SELECT $$5$$"), None);
+        assert_eq!(blanked("SELECT $$5$$"), None);
         assert_eq!(
-            numbers_blanked("SELECT 1; SET statement_timeout = 5000"),
+            blanked("SELECT 1; SET statement_timeout = 5000"),
             None,
             "a later statement keeps its numbers"
         );
+        assert_eq!(blanked("SELECT 1;  ").as_deref(), Some("SELECT 0;  "));
         assert_eq!(
-            numbers_blanked("SELECT 1;  ").as_deref(),
-            Some("SELECT 0;  ")
-        );
-        assert_eq!(
-            numbers_blanked("SELECT E'\\'' || 5"),
+            blanked("SELECT E'\\'' || 5"),
             Some("SELECT E'\\'' || 0".into())
         );
-        assert_eq!(
-            numbers_blanked("SELECT a FROM t"),
-            None,
-            "nothing to change"
-        );
+        assert_eq!(blanked("SELECT a FROM t"), None, "nothing to change");
         let cache = ClassifyCache::new(16);
         let catalog = FunctionCatalog::default();
         cache.classify("SELECT v FROM t WHERE id = 1", &catalog);

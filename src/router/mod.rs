@@ -34,10 +34,13 @@ const LEADER_STATE_SETTINGS: &[&str] = &[
 fn shows_leader_state(statement: &str) -> bool {
     let mut words = statement.split_whitespace();
     let is_show = words.next().is_some_and(|w| w.eq_ignore_ascii_case("show"));
-    let name = words
-        .next()
-        .map(|w| w.trim_end_matches(';').to_ascii_lowercase());
-    is_show && name.is_some_and(|n| LEADER_STATE_SETTINGS.contains(&n.as_str()))
+    is_show
+        && words.next().is_some_and(|w| {
+            let name = w.trim_end_matches(';');
+            LEADER_STATE_SETTINGS
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
+        })
 }
 
 /// A change to session settings that takes effect when the statement succeeds.
