@@ -8,6 +8,8 @@
 #      pgrelay (transaction mode, reads to replicas; and again with the leader as its only
 #      host, PgBouncer's setup, to compare the proxies alone); then added latency with -c 1 (average and
 #      p50 from pgbench's per-transaction log), direct vs through pgrelay.
+#   1b. Head to head: PgBouncer and pgrelay on the leader (default workers, and workers = 1 as
+#      PgBouncer's one thread) take turns for BENCH_ROUNDS rounds of -S -M simple; medians.
 #   2. Hot-key reads (100-row "products" table, random id, -M prepared -c 16): pgrelay with the
 #      cache off, on Redis, and in memory, each right after a direct run it is compared with.
 #   3. A key=value summary at the end (between "--- summary ---" and "--- end summary ---").
@@ -18,6 +20,7 @@
 #   BENCH_LATENCY_SECONDS (5)  duration of each -c 1 latency run
 #   BENCH_WARMUP_SECONDS (2)   unreported warm-up on each node first (0: none)
 #   BENCH_CLIENTS (16) BENCH_THREADS (2) BENCH_SCALE (10)
+#   BENCH_ROUNDS (3)           rounds of the head-to-head runs
 #   BENCH_PORT_BASE (17430)    first of 7 consecutive loopback ports (moves up if taken)
 #   PGRELAY_BIN                use this binary instead of building target/release/pgrelay
 #   BENCH_BUILD (1)            0: do not run cargo build, use target/release/pgrelay as it is
@@ -222,6 +225,7 @@ start_pgbouncer || problem "$PGB_FAIL"
 # ---- pgrelay configs -------------------------------------------------------------------------
 
 # relay_config FILE CACHE (off | redis | memory) [HOSTS (default: leader and both replicas)]
+#              [WORKERS (default 0: one per core)]
 relay_config() {
     local hosts=${3:-"\"127.0.0.1:$LEADER_PORT\", \"127.0.0.1:$REPLICA1_PORT\", \"127.0.0.1:$REPLICA2_PORT\""}
     {
@@ -231,6 +235,7 @@ listen = "127.0.0.1:$RELAY_PORT"
 admin_listen = "127.0.0.1:$RELAY_ADMIN_PORT"
 pool_mode = "transaction"
 max_server_connections = 20
+workers = ${4:-0}
 
 [cluster]
 hosts = [$hosts]
@@ -251,6 +256,8 @@ for c in off redis memory; do relay_config "$WORK/pgrelay-$c.toml" "$c"; done
 # so the ratio to PgBouncer is the proxies' own cost (reads spread over two replicas that
 # share this machine's cores pay for a second server's caches).
 relay_config "$WORK/pgrelay-leader.toml" off "\"127.0.0.1:$LEADER_PORT\""
+# ...and on one thread, as PgBouncer runs.
+relay_config "$WORK/pgrelay-leader1.toml" off "\"127.0.0.1:$LEADER_PORT\"" 1
 
 RELAY_RUN_FAIL=
 relay_up() { # relay_up NAME: (re)start pgrelay with pgrelay-NAME.toml unless it already runs
@@ -267,7 +274,7 @@ relay_up() { # relay_up NAME: (re)start pgrelay with pgrelay-NAME.toml unless it
     local inst=$1-$RELAY_STARTS
     RELAY_LOGS+=("$inst:$WORK/pgrelay-$inst.log")
     local reads_on=replica
-    [[ $1 == leader ]] && reads_on=leader
+    [[ $1 == leader* ]] && reads_on=leader
     if pgrelay_start "$inst" "$WORK/pgrelay-$1.toml" "$reads_on"; then
         RELAY_RUN_FAIL=
     else
@@ -319,6 +326,38 @@ for mode in "${MODES[@]}"; do
     fi
     relay_up off
 done
+
+# ---- head to head with PgBouncer -------------------------------------------------------------
+
+# One pass per target is at the mercy of the machine's drift (a few percent from one run to the
+# next here). PgBouncer and pgrelay on the same server (the leader) take turns for ROUNDS
+# rounds of -S -M simple, and their medians are compared.
+ROUNDS=${BENCH_ROUNDS:-3}
+H2H=(pgbouncer pgrelay_leader_only pgrelay_leader_only_1_worker)
+declare -A H2H_RUNS H2H_MEDIAN H2H_RATIO
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+if [[ -z $PGB_FAIL ]]; then
+    h2h_args=(-S -M simple -c "$CLIENTS" -j "$THREADS")
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for t in "${H2H[@]}"; do
+            k=h2h-$round-$t
+            case $t in
+                pgbouncer) PROXY_PID=$PGB_PID measure "$k" "$PGB_PORT" pgbench_accounts "$SECS" "${h2h_args[@]}" ;;
+                *)
+                    relay_up "$([[ $t == *_1_worker ]] && echo leader1 || echo leader)"
+                    [[ -n $RELAY_NAME ]] || continue
+                    PROXY_PID=$RELAY_PID measure "$k" "$RELAY_PORT" pgbench_accounts "$SECS" "${h2h_args[@]}"
+                    ;;
+            esac
+            [[ -n ${TPS[$k]:-} ]] && H2H_RUNS[$t]+=" $(printf '%.0f' "${TPS[$k]}")"
+        done
+    done
+    for t in "${H2H[@]}"; do
+        # shellcheck disable=SC2086 # the runs are words
+        H2H_MEDIAN[$t]=$(median ${H2H_RUNS[$t]:-})
+    done
+fi
+relay_up off
 
 # ---- added latency ---------------------------------------------------------------------------
 
@@ -409,6 +448,19 @@ for mode in "${MODES[@]}"; do
 done
 
 echo
+echo "== head to head: pgbench -S -M simple -c $CLIENTS -j $THREADS on the leader, ${SECS}s each, $ROUNDS rounds taking turns =="
+if [[ -n $PGB_FAIL ]]; then
+    echo "n/a ($PGB_FAIL)"
+else
+    printf '%-30s %-28s %10s %10s\n' target "TPS per round" median "/pgbouncer"
+    for t in "${H2H[@]}"; do
+        H2H_RATIO[$t]=$(ratio "${H2H_MEDIAN[$t]:-}" "${H2H_MEDIAN[pgbouncer]:-}")
+        printf '%-30s %-28s %10s %10s\n' "$t" "${H2H_RUNS[$t]:- -}" "${H2H_MEDIAN[$t]:--}" "${H2H_RATIO[$t]:--}"
+    done
+    echo "(target: pgrelay >= PgBouncer; pgrelay_leader_only uses the default workers = 0, one thread per core)"
+fi
+
+echo
 echo "== added latency: pgbench -S -c 1 -j 1, ${LAT_SECS}s each, direct leader vs through pgrelay (µs) =="
 printf '%-9s %-8s %10s %8s %8s\n' mode target avg p50 p99
 declare -A ADDED
@@ -485,6 +537,12 @@ for mode in "${MODES[@]}"; do
     done
     kv "latency.$mode.added_avg_us" "${ADDED[$mode-avg]:-}"
     kv "latency.$mode.added_p50_us" "${ADDED[$mode-p50]:-}"
+done
+for t in "${H2H[@]}"; do
+    runs=${H2H_RUNS[$t]:-}
+    kv "headtohead.$t.runs" "${runs# }"
+    kv "headtohead.$t.median_tps" "${H2H_MEDIAN[$t]:-}"
+    [[ $t == pgbouncer ]] || kv "headtohead.$t.ratio_over_pgbouncer" "${H2H_RATIO[$t]:-}"
 done
 for t in "${HOT[@]}"; do
     k=hot-$t
