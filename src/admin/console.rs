@@ -886,7 +886,6 @@ fn explain_route(shared: &Shared, args: &str) -> Result<Table, CommandError> {
     let now = Instant::now();
     let candidates: Vec<Candidate> = snapshot
         .read_candidates(None)
-        .into_iter()
         .filter(|&i| !shared.bans.is_banned(&snapshot.servers[i].host, now))
         .map(|index| Candidate {
             index,

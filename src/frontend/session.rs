@@ -48,6 +48,8 @@ const HIGH_WATER: usize = 1 << 20;
 const SMALL_READ: usize = 1024;
 /// ...and grow up to this while the peer keeps filling them (large results, COPY).
 const MAX_READ: usize = 256 * 1024;
+/// Messages a session's emptied replay list may keep room for.
+const MAX_SPARE_REPLAY: usize = 8;
 /// A server connection keeps a read buffer up to this size for its next client.
 const KEPT_READ_BUFFER: usize = 16 * 1024;
 /// A server is trusted with messages up to PostgreSQL's own limit.
@@ -223,6 +225,8 @@ pub struct Session {
     route_counter: Option<(bool, Reason, IntCounter)>,
     /// The reroute counter this client moved last, by reason (as `route_counter`).
     reroute_counter: Option<(&'static str, IntCounter)>,
+    /// Replicas a read may go to, refilled for each read (kept for its allocation).
+    candidates: Vec<Candidate>,
     pool_mode: PoolMode,
     max_message_size: u64,
 
@@ -276,6 +280,8 @@ pub struct Session {
     /// The client messages sent to a replica since it was attached, while nothing has come
     /// back to the client: if the replica dies now, they are replayed elsewhere.
     replay: Option<Vec<Bytes>>,
+    /// The list `replay` had, emptied, for the next read to reuse.
+    replay_spare: Vec<Bytes>,
     replay_bytes: usize,
     /// The client's last unnamed Parse: a later batch may Bind it on another connection.
     unnamed_parse: Option<Bytes>,
@@ -388,6 +394,7 @@ impl Session {
             pools,
             route_counter: None,
             reroute_counter: None,
+            candidates: Vec::new(),
             waiting: None,
             extended_open: false,
             skip_until_sync: false,
@@ -398,6 +405,7 @@ impl Session {
             pinned: pool_mode == PoolMode::Session,
             last_commit_lsn: None,
             replay: None,
+            replay_spare: Vec::new(),
             replay_bytes: 0,
             unnamed_parse: None,
             fill: None,
@@ -1164,11 +1172,21 @@ impl Session {
 
     /// Keeps a copy (a reference count, not the bytes) of a client message sent to a replica
     /// while a replay is still possible.
+    /// The unit can no longer be replayed; its list is kept (small) for the next one.
+    fn stop_replay(&mut self) {
+        if let Some(mut kept) = self.replay.take() {
+            if kept.capacity() <= MAX_SPARE_REPLAY {
+                kept.clear();
+                self.replay_spare = kept;
+            }
+        }
+    }
+
     fn keep_for_replay(&mut self, bytes: &Bytes) {
         if let Some(kept) = self.replay.as_mut() {
             self.replay_bytes += bytes.len();
             if self.replay_bytes > MAX_REPLAY_BYTES {
-                self.replay = None;
+                self.stop_replay();
             } else {
                 kept.push(bytes.clone());
             }
@@ -1567,7 +1585,7 @@ impl Session {
     /// choice among replicas takes the round-robin turn in `round_robin`, or a new one (left
     /// there).
     fn choose_server(
-        &self,
+        &mut self,
         plan: &Plan,
         snapshot: &Snapshot,
         config: &Config,
@@ -1596,19 +1614,24 @@ impl Session {
             };
         }
         let now = Instant::now();
+        let bans = &self.shared.bans;
         let usable = |i: &usize| {
             let host = &snapshot.servers[*i].host;
-            !excluded.contains(host) && !self.shared.bans.is_banned(host, now)
+            !excluded.contains(host) && !bans.is_banned(host, now)
         };
-        let candidates: Vec<Candidate> = snapshot
-            .read_candidates(min_lsn)
-            .into_iter()
-            .filter(usable)
-            .map(|index| Candidate {
+        // The session's list, refilled: no allocation per read.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        for index in snapshot.read_candidates(min_lsn).filter(usable) {
+            let host = &snapshot.servers[index].host;
+            let pool = self
+                .pools
+                .get(&self.shared, host, &self.user, &self.database);
+            candidates.push(Candidate {
                 index,
-                outstanding: self.shared.pools.active_on(&snapshot.servers[index].host),
-            })
-            .collect();
+                outstanding: pool.active_on_host(),
+            });
+        }
         let view = route::View {
             candidates: &candidates,
             replicas_up: snapshot.replicas().next().is_some(),
@@ -1623,9 +1646,10 @@ impl Session {
             },
         };
         let decision = route::route(plan.need, plan.hint, &view);
+        self.candidates = candidates;
         let rerouted = match decision.reason {
             Reason::Lag
-                if min_lsn.is_some() && snapshot.read_candidates(None).iter().any(usable) =>
+                if min_lsn.is_some() && snapshot.read_candidates(None).any(|i| usable(&i)) =>
             {
                 Some("read_your_writes")
             }
@@ -1721,7 +1745,7 @@ impl Session {
         self.registered.set_server(Some(conn.host()));
         let c = conn.conn();
         self.cancel.hold(&c.host, c.process_id, c.secret_key);
-        self.replay = (role == Role::Replica).then(Vec::new);
+        self.replay = (role == Role::Replica).then(|| std::mem::take(&mut self.replay_spare));
         self.replay_bytes = 0;
         let sync = self.settings.sync_sql(&mut c.applied);
         // The connection lends the session its read buffer while attached.
@@ -2147,7 +2171,7 @@ impl Session {
     fn flush_forward(&mut self, fwd: usize) {
         if fwd > 0 {
             // The client has seen part of the answer: a replay could duplicate it.
-            self.replay = None;
+            self.stop_replay();
             if let Some(f) = self.fill.as_mut() {
                 if f.capture.len() + fwd > f.max_bytes.saturating_add(64) {
                     // Too large to store: stop collecting now rather than hold it all.
@@ -2189,7 +2213,7 @@ impl Session {
             self.cancel.release();
             self.registered.set_server(None);
             self.registered.set_state(ClientState::Idle);
-            self.replay = None;
+            self.stop_replay();
             self.sin_chunk = SMALL_READ;
             self.shared.metrics.transactions.inc();
         }

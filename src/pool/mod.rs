@@ -90,11 +90,21 @@ pub struct Pool {
     /// back are forgotten instead of freed.
     shrink_debt: AtomicUsize,
     idle: Mutex<Vec<IdleConn>>,
-    /// The host's role epoch, shared by every pool to that host.
-    epoch: Arc<AtomicU64>,
+    /// The host's role epoch and load, shared by every pool to that host.
+    host: Arc<HostState>,
     permits: Arc<Semaphore>,
     active: AtomicUsize,
     waiting: AtomicUsize,
+}
+
+/// What every pool to one host shares.
+#[derive(Debug, Default)]
+struct HostState {
+    /// The host's role epoch (see the module documentation).
+    epoch: AtomicU64,
+    /// Connections to the host checked out right now, over every pool: the load routing
+    /// balances replicas by.
+    active: AtomicUsize,
 }
 
 /// An idle connection and the role epoch of its host when it was opened.
@@ -106,14 +116,14 @@ struct IdleConn {
 impl Pool {
     /// A pool whose host has its own role epoch (see `Pools` for pools sharing one).
     pub fn new(key: PoolKey, password: Option<String>, settings: PoolSettings) -> Arc<Pool> {
-        Pool::with_epoch(key, password, settings, Arc::new(AtomicU64::new(0)))
+        Pool::with_host(key, password, settings, Arc::default())
     }
 
-    fn with_epoch(
+    fn with_host(
         key: PoolKey,
         password: Option<String>,
         settings: PoolSettings,
-        epoch: Arc<AtomicU64>,
+        host: Arc<HostState>,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             key,
@@ -122,7 +132,7 @@ impl Pool {
             settings: ArcSwap::from_pointee(settings),
             shrink_debt: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
-            epoch,
+            host,
             active: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
         })
@@ -182,6 +192,7 @@ impl Pool {
         permit: OwnedSemaphorePermit,
     ) -> PooledConn {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.host.active.fetch_add(1, Ordering::Relaxed);
         PooledConn {
             conn: Some(conn),
             epoch,
@@ -192,7 +203,12 @@ impl Pool {
 
     /// The host's current role epoch.
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.host.epoch.load(Ordering::Acquire)
+    }
+
+    /// Connections to this pool's host checked out right now, over every user and database.
+    pub fn active_on_host(&self) -> usize {
+        self.host.active.load(Ordering::Relaxed)
     }
 
     fn take_idle(&self, epoch: u64) -> Option<Box<ServerConn>> {
@@ -392,6 +408,7 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         self.pool.active.fetch_sub(1, Ordering::Relaxed);
+        self.pool.host.active.fetch_sub(1, Ordering::Relaxed);
         let shrinking = self
             .pool
             .shrink_debt
@@ -407,8 +424,8 @@ impl Drop for PooledConn {
 pub struct Pools {
     settings: RwLock<PoolSettings>,
     map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
-    /// Role epoch per host, shared by all of that host's pools.
-    epochs: Mutex<HashMap<HostAddr, Arc<AtomicU64>>>,
+    /// Role epoch and load per host, shared by all of that host's pools.
+    hosts: Mutex<HashMap<HostAddr, Arc<HostState>>>,
 }
 
 impl Pools {
@@ -416,19 +433,19 @@ impl Pools {
         Pools {
             settings: RwLock::new(settings),
             map: RwLock::new(HashMap::new()),
-            epochs: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
-    fn host_epoch(&self, host: &HostAddr) -> Arc<AtomicU64> {
-        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(epochs.entry(host.clone()).or_default())
+    fn host_state(&self, host: &HostAddr) -> Arc<HostState> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(hosts.entry(host.clone()).or_default())
     }
 
     /// The host changed role: connections opened before now are never handed out again, idle
     /// ones are closed at once, and ones in use are closed when given back.
     pub fn retire_host(&self, host: &HostAddr) {
-        self.host_epoch(host).fetch_add(1, Ordering::AcqRel);
+        self.host_state(host).epoch.fetch_add(1, Ordering::AcqRel);
         for pool in self.all() {
             if &pool.key.host == host {
                 pool.retire();
@@ -443,7 +460,7 @@ impl Pools {
         if let Some(p) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
             return Arc::clone(p);
         }
-        let epoch = self.host_epoch(&key.host);
+        let host = self.host_state(&key.host);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         Arc::clone(map.entry(key.clone()).or_insert_with(|| {
             // Read under the map lock, which `set_settings` holds: a pool is created either
@@ -453,7 +470,7 @@ impl Pools {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            Pool::with_epoch(key.clone(), password(), settings, epoch)
+            Pool::with_host(key.clone(), password(), settings, host)
         }))
     }
 
@@ -496,18 +513,6 @@ impl Pools {
             ))
         });
         stats
-    }
-
-    /// Connections to `host` checked out right now, over every user and database: the load
-    /// routing balances replicas by. Allocates nothing.
-    pub fn active_on(&self, host: &HostAddr) -> usize {
-        self.map
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(key, _)| &key.host == host)
-            .map(|(_, pool)| pool.active.load(Ordering::Relaxed))
-            .sum()
     }
 
     /// Closes idle connections to `host` (its role changed or it is gone).
@@ -612,6 +617,35 @@ mod tests {
             1,
             "connections opened after the change are pooled"
         );
+    }
+
+    #[tokio::test]
+    async fn every_pool_to_a_host_counts_its_load_and_try_checkout_takes_only_idle_ones() {
+        let (host, _server) = trusting_server().await;
+        let pools = pools();
+        let app = pools.get(&key(&host, "app"), || None);
+        let other = pools.get(&key(&host, "other"), || None);
+        assert!(
+            app.try_checkout().is_none(),
+            "nothing idle yet: no connecting here"
+        );
+        let a = app.checkout(WAIT).await.unwrap();
+        let b = other.checkout(WAIT).await.unwrap();
+        assert_eq!((app.active_on_host(), other.active_on_host()), (2, 2));
+        let a_id = a.conn_ref().id;
+        a.release();
+        assert_eq!(other.active_on_host(), 1);
+        let again = app.try_checkout().expect("the idle connection, at once");
+        assert_eq!(again.conn_ref().id, a_id);
+        assert_eq!(app.active_on_host(), 2);
+        again.discard();
+        b.release();
+        assert_eq!(app.active_on_host(), 0);
+        let (elsewhere, _server2) = trusting_server().await;
+        let far = pools.get(&key(&elsewhere, "app"), || None);
+        let c = far.checkout(WAIT).await.unwrap();
+        assert_eq!((far.active_on_host(), app.active_on_host()), (1, 0));
+        c.release();
     }
 
     #[tokio::test]

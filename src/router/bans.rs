@@ -1,6 +1,7 @@
 //! Servers left out of read routing for a while after they failed a connect or a query.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -10,6 +11,8 @@ use crate::config::HostAddr;
 #[derive(Debug, Default)]
 pub struct Bans {
     until: Mutex<HashMap<HostAddr, Instant>>,
+    /// Whether `until` may hold a ban: routing asks for every read, and mostly none is.
+    any: AtomicBool,
 }
 
 impl Bans {
@@ -19,18 +22,27 @@ impl Bans {
         if *entry < until {
             *entry = until;
         }
+        self.any.store(true, Ordering::Release);
     }
 
     pub fn is_banned(&self, host: &HostAddr, now: Instant) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
         let mut map = self.until.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(host) {
+        let banned = match map.get(host) {
             Some(&until) if now < until => true,
             Some(_) => {
                 map.remove(host);
                 false
             }
             None => false,
+        };
+        // Cleared under the lock `ban` sets it under, so a new ban is never missed.
+        if map.is_empty() {
+            self.any.store(false, Ordering::Release);
         }
+        banned
     }
 }
 
@@ -58,5 +70,18 @@ mod tests {
             bans.is_banned(&host, now + Duration::from_secs(3)),
             "a shorter ban never cuts a longer one"
         );
+        let other = HostAddr {
+            host: "127.0.0.1".into(),
+            port: 5434,
+        };
+        bans.ban(&other, now + Duration::from_secs(60));
+        assert!(!bans.is_banned(&host, now + Duration::from_secs(10)));
+        assert!(
+            bans.is_banned(&other, now + Duration::from_secs(10)),
+            "one ban ending leaves the others"
+        );
+        assert!(!bans.is_banned(&other, now + Duration::from_secs(61)));
+        bans.ban(&host, now + Duration::from_secs(90));
+        assert!(bans.is_banned(&host, now + Duration::from_secs(62)));
     }
 }
