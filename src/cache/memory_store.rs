@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::key::{CacheKey, Generations, Stamp};
+use super::key::{generation_stamp, CacheKey, Generations, Stamp};
 use super::store::{Entry, LookupReply};
 
 /// Bytes charged per entry on top of its payload (key, stamp, expiry, map and slot), so a
@@ -214,7 +214,7 @@ impl MemoryStore {
         };
         LookupReply {
             entry: self.get(key),
-            generations,
+            stamp: generation_stamp(key, relations, &generations),
             write_lsn,
         }
     }

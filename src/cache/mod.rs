@@ -292,7 +292,7 @@ impl Cache {
             .guarded(self.store.lookup(database, &key, relations))
             .await
         {
-            Ok(reply) => self.conclude(database, key, relations, reply),
+            Ok(reply) => self.conclude(database, key, reply),
             Err(_) => {
                 self.metrics.misses.inc();
                 Lookup::Miss(None)
@@ -312,19 +312,13 @@ impl Cache {
             return None;
         };
         let reply = s.lookup(database, &key, relations);
-        Some(self.conclude(database, key, relations, reply))
+        Some(self.conclude(database, key, reply))
     }
 
     /// A hit when the stored entry was read under today's generations, else a miss with the
     /// ticket for storing the answer.
-    fn conclude(
-        &self,
-        database: &str,
-        key: CacheKey,
-        relations: &[String],
-        reply: LookupReply,
-    ) -> Lookup {
-        let stamp = generation_stamp(&key, relations, &reply.generations);
+    fn conclude(&self, database: &str, key: CacheKey, reply: LookupReply) -> Lookup {
+        let stamp = reply.stamp;
         match reply.entry {
             Some(entry) if entry.stamp == stamp => {
                 self.metrics.hits.inc();

@@ -212,11 +212,11 @@ impl RedisStore {
                 pipe.query_async(&mut conn).await?;
             let generations = self.complete(&generations_key, generations).await?;
             let entry = value.and_then(decode_entry);
-            let current = generation_stamp(key, relations, &generations);
+            let stamp = generation_stamp(key, relations, &generations);
             // Write LSNs are read after the generations: an invalidation records the LSN
             // before bumping the generation, so whoever sees a new generation also sees its LSN.
             let write_lsn = match &entry {
-                Some(e) if e.stamp == current => 0,
+                Some(e) if e.stamp == stamp => 0,
                 _ => {
                     let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
                         .arg(write_lsns_key(database))
@@ -234,7 +234,7 @@ impl RedisStore {
             };
             Ok(LookupReply {
                 entry,
-                generations,
+                stamp,
                 write_lsn,
             })
         })

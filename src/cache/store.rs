@@ -27,10 +27,12 @@ pub struct Entry {
 pub struct LookupReply {
     /// The entry stored under the key, whatever its stamp.
     pub entry: Option<Entry>,
-    pub generations: Generations,
+    /// The stamp an entry carries when it was stored under today's generations of the
+    /// database and the relations ([`generation_stamp`](super::key::generation_stamp)).
+    pub stamp: Stamp,
     /// The highest last-write LSN among the relations and the database: a server that has not
     /// replayed this far may be missing a write, so its answer must not be stored. Only a miss
-    /// needs it: a store may leave it 0 when `entry` matches `generations`.
+    /// needs it: a store may leave it 0 when `entry` carries `stamp`.
     pub write_lsn: u64,
 }
 
