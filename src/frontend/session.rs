@@ -222,7 +222,7 @@ pub struct Session {
     pools: PoolCache,
     /// The `pgrelay_queries_total` series the last unit counted in: units of one client
     /// usually take the same route.
-    route_counter: Option<(bool, Reason, IntCounter)>,
+    route_counter: Option<((bool, Reason), IntCounter)>,
     /// The reroute counter this client moved last, by reason (as `route_counter`).
     reroute_counter: Option<(&'static str, IntCounter)>,
     /// Replicas a read may go to, refilled for each read (kept for its allocation).
@@ -1170,8 +1170,6 @@ impl Session {
         }
     }
 
-    /// Keeps a copy (a reference count, not the bytes) of a client message sent to a replica
-    /// while a replay is still possible.
     /// The unit can no longer be replayed; its list is kept (small) for the next one.
     fn stop_replay(&mut self) {
         if let Some(mut kept) = self.replay.take() {
@@ -1182,6 +1180,8 @@ impl Session {
         }
     }
 
+    /// Keeps a copy (a reference count, not the bytes) of a client message sent to a replica
+    /// while a replay is still possible.
     fn keep_for_replay(&mut self, bytes: &Bytes) {
         if let Some(kept) = self.replay.as_mut() {
             self.replay_bytes += bytes.len();
@@ -1666,16 +1666,11 @@ impl Session {
     }
 
     fn count_reroute(&mut self, rerouted: Option<&'static str>) {
-        let Some(why) = rerouted else {
-            return;
-        };
-        match &self.reroute_counter {
-            Some((last, counter)) if *last == why => counter.inc(),
-            _ => {
-                let counter = self.shared.metrics.reads_rerouted.with_label_values(&[why]);
-                counter.inc();
-                self.reroute_counter = Some((why, counter));
-            }
+        if let Some(why) = rerouted {
+            let metrics = &self.shared.metrics;
+            inc_remembered(&mut self.reroute_counter, why, || {
+                metrics.reads_rerouted.with_label_values(&[why])
+            });
         }
     }
 
@@ -1760,19 +1755,11 @@ impl Session {
 
     fn count_route(&mut self, role: &Role, reason: Reason) {
         let leader = matches!(role, Role::Leader);
-        match &self.route_counter {
-            Some((l, r, counter)) if *l == leader && *r == reason => counter.inc(),
-            _ => {
-                let route = if leader { "leader" } else { "replica" };
-                let counter: IntCounter = self
-                    .shared
-                    .metrics
-                    .queries
-                    .with_label_values(&[route, reason.as_str()]);
-                counter.inc();
-                self.route_counter = Some((leader, reason, counter));
-            }
-        }
+        let metrics = &self.shared.metrics;
+        inc_remembered(&mut self.route_counter, (leader, reason), || {
+            let route = if leader { "leader" } else { "replica" };
+            metrics.queries.with_label_values(&[route, reason.as_str()])
+        });
     }
 
     /// Tells the client its unit could not run, keeping the protocol in step: a Query gets
@@ -2382,6 +2369,24 @@ fn next_chunk(current: usize, read: usize, offered: usize) -> usize {
         (current * 2).min(MAX_READ)
     } else {
         current
+    }
+}
+
+/// Increments the counter for `labels`: the one remembered in `last` when its labels are the
+/// same (a client's units usually count in one series), else the one `resolve` looks up, which
+/// is then remembered.
+fn inc_remembered<L: PartialEq>(
+    last: &mut Option<(L, IntCounter)>,
+    labels: L,
+    resolve: impl FnOnce() -> IntCounter,
+) {
+    match last {
+        Some((l, counter)) if *l == labels => counter.inc(),
+        _ => {
+            let counter = resolve();
+            counter.inc();
+            *last = Some((labels, counter));
+        }
     }
 }
 
