@@ -2322,9 +2322,10 @@ const NUMBER_BLIND_KEYWORDS: &[&str] = &[
 ];
 
 /// `sql` with every digit of every numeric literal replaced by `0` (same length, so statement
-/// ranges stay valid), written into `out`, or None when nothing changes, the text holds more than one statement, or
-/// it is not a statement kind known to be number-blind. Digits inside strings, quoted identifiers, comments (hints live there),
-/// identifiers and `$n` parameters are left alone; any dollar-quoted string makes it give up.
+/// ranges stay valid), written into `out`, or None when nothing changes, the text holds more
+/// than one statement, or it is not a statement kind known to be number-blind. Digits inside
+/// strings, quoted identifiers, comments (hints live there), identifiers and `$n` parameters
+/// are left alone; any dollar-quoted string makes it give up.
 pub fn numbers_blanked<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
     let b = sql.as_bytes();
     let first = first_keyword(b)?;
