@@ -75,6 +75,15 @@ pub struct Shared {
     pub server_tls: tls::ServerTls,
 }
 
+impl Shared {
+    /// Begins a graceful shutdown: listeners stop, and each client is told at its next point
+    /// between transactions.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        self.client_registry.begin_shutdown();
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
@@ -349,7 +358,7 @@ fn spawn_signal_handler(shared: Arc<Shared>) -> Result<(), StartError> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
-        shared.shutdown.send_replace(true);
+        shared.begin_shutdown();
     });
     Ok(())
 }

@@ -305,7 +305,7 @@ async fn execute(shared: &Shared, command: &str) -> Result<Answer, CommandError>
         }
         ["shutdown"] => {
             tracing::info!("console: SHUTDOWN");
-            shared.shutdown.send_replace(true);
+            shared.begin_shutdown();
             Ok(Answer::Done("SHUTDOWN"))
         }
         _ => Err(CommandError::new(

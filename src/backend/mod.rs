@@ -99,6 +99,60 @@ pub struct ConnectOptions<'a> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The session settings pgrelay applied on a server connection (name → value as the client
+/// gave it), sorted by name like a client's settings, so a client whose settings are the same
+/// finds out with one comparison.
+#[derive(Debug, Default)]
+pub struct Applied {
+    values: Vec<(String, String)>,
+}
+
+impl Applied {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.values.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.position(name).ok().map(|i| self.values[i].1.as_str())
+    }
+
+    /// Records a setting changed on the connection.
+    pub fn insert(&mut self, name: String, value: String) {
+        match self.position(&name) {
+            Ok(i) => self.values[i].1 = value,
+            Err(i) => self.values.insert(i, (name, value)),
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.position(name) {
+            self.values.remove(i);
+        }
+    }
+
+    /// The connection is back to its server defaults (or its state is unknown).
+    pub fn clear(&mut self) {
+        self.values.clear();
+    }
+
+    /// Every setting as (name, value), sorted by name.
+    pub fn as_slice(&self) -> &[(String, String)] {
+        &self.values
+    }
+
+    /// The connection now has exactly `values` (sorted by name).
+    pub fn replace(&mut self, values: &[(String, String)]) {
+        // Reuses the strings already here (a client's settings are mostly alike).
+        let kept = self.values.len().min(values.len());
+        self.values.truncate(kept);
+        for (mine, theirs) in self.values.iter_mut().zip(values) {
+            mine.0.clone_from(&theirs.0);
+            mine.1.clone_from(&theirs.1);
+        }
+        self.values.extend(values[kept..].iter().cloned());
+    }
+}
+
 /// An authenticated connection to one server, idle at ReadyForQuery when handed out.
 pub struct ServerConn {
     pub id: u64,
@@ -110,7 +164,7 @@ pub struct ServerConn {
     pub params: HashMap<String, String>,
     /// Session settings pgrelay applied on behalf of clients (name → value as the client gave
     /// it), so the next client with the same settings needs no SET.
-    pub applied: HashMap<String, String>,
+    pub applied: Applied,
     /// Protocol-level statements prepared on this connection (by server-side name).
     pub statements: StatementCache,
     /// SQL-level prepared statements on this connection: name → the PREPARE that made it.
@@ -178,7 +232,7 @@ impl ServerConn {
             process_id: 0,
             secret_key: 0,
             params: HashMap::new(),
-            applied: HashMap::new(),
+            applied: Applied::default(),
             statements: StatementCache::new(opts.max_prepared_statements),
             sql_prepared: HashMap::new(),
             created_at: Instant::now(),

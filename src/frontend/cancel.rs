@@ -90,15 +90,19 @@ impl CancelHandle {
     /// The client now runs its queries on this server process.
     pub fn hold(&self, host: &HostAddr, process_id: i32, secret_key: i32) {
         let mut state = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        let same = state.target.as_ref().is_some_and(|t| {
-            t.process_id == process_id && t.secret_key == secret_key && &t.host == host
-        });
-        if !same {
-            state.target = Some(CancelTarget {
-                host: host.clone(),
-                process_id,
-                secret_key,
-            });
+        match state.target.as_mut() {
+            // Usually another connection to the same server: no new copy of its address.
+            Some(t) if &t.host == host => {
+                t.process_id = process_id;
+                t.secret_key = secret_key;
+            }
+            _ => {
+                state.target = Some(CancelTarget {
+                    host: host.clone(),
+                    process_id,
+                    secret_key,
+                })
+            }
         }
         state.holding = true;
     }

@@ -7,9 +7,12 @@
 //! must never decide anything about a client: it only reports.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::HostAddr;
@@ -82,12 +85,15 @@ struct Record {
     /// The server the client used last, and whether it holds it now: kept between
     /// transactions so holding the same server again allocates nothing.
     server: Mutex<(Option<HostAddr>, bool)>,
+    /// Woken when shutdown begins (see [`ShutdownSignal`]).
+    waker: Mutex<Option<Waker>>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     next_id: AtomicU64,
     clients: Mutex<HashMap<u64, Arc<Record>>>,
+    shutting_down: AtomicBool,
 }
 
 /// Every logged-in client. Cloning shares the same registry.
@@ -117,6 +123,7 @@ impl ClientRegistry {
             connected: Instant::now(),
             state: AtomicU8::new(ClientState::Idle.as_u8()),
             server: Mutex::new((None, false)),
+            waker: Mutex::new(None),
         });
         self.inner
             .clients
@@ -172,11 +179,82 @@ impl ClientRegistry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Shutdown began: every client's [`ShutdownSignal`] fires, now or when next polled.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let records: Vec<Arc<Record>> = self
+            .inner
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for record in records {
+            let waker = record
+                .waker
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Completes once shutdown has begun. Polling it again with the same task costs one atomic
+/// load: the task's waker is stored (under a lock) only when it differs from the last one, so
+/// a session can wait for shutdown in every pass of its relay loop.
+#[derive(Debug)]
+pub struct ShutdownSignal {
+    record: Arc<Record>,
+    registry: Arc<Inner>,
+    stored: Option<Waker>,
+}
+
+impl Future for ShutdownSignal {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registry.shutting_down.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if !self
+            .stored
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let waker = cx.waker().clone();
+            *self.record.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker.clone());
+            self.stored = Some(waker);
+            // A shutdown that took the wakers before this one was stored is seen here.
+            if self.registry.shutting_down.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
 }
 
 impl ClientEntry {
     pub fn id(&self) -> u64 {
         self.record.id
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.registry.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// A future that completes once shutdown has begun.
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        ShutdownSignal {
+            record: Arc::clone(&self.record),
+            registry: Arc::clone(&self.registry),
+            stored: None,
+        }
     }
 
     /// Records what the client does now. An atomic store: cheap enough for every transaction.

@@ -36,7 +36,7 @@ use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::{peek_header, split_frame};
 use crate::protocol::{sqlstate, tag, view, Frame, TxStatus};
 use crate::router::catalog::SharedCatalog;
-use crate::router::classify::RouteHint;
+use crate::router::classify::{FunctionCatalog, RouteHint};
 use crate::router::route::{self, Candidate, Need, Reason, Target};
 use crate::router::{plan, plan as plan_body, Plan, SettingChange, TxEnd};
 use crate::topology::Snapshot;
@@ -214,8 +214,13 @@ pub struct Session {
     /// SQL-level `PREPARE`d statements: name → the PREPARE text, replayed on whichever
     /// connection runs an EXECUTE of it.
     sql_statements: std::collections::HashMap<String, String>,
-    /// The function catalog of the client's database.
-    functions: SharedCatalog,
+    /// The function catalog of the client's database and the running config, as of this
+    /// pass of the relay loop: `refresh` takes newer ones through caches that revalidate with
+    /// one atomic load, so the hot path does no `ArcSwap` load.
+    catalog_now: Arc<FunctionCatalog>,
+    functions: arc_swap::Cache<SharedCatalog, Arc<FunctionCatalog>>,
+    config_now: Arc<Config>,
+    config_cache: arc_swap::Cache<RunningConfig, Arc<Config>>,
     cancel: CancelHandle,
     registered: ClientEntry,
     /// Pools this session has used.
@@ -341,7 +346,40 @@ fn inspected(t: u8) -> bool {
     )
 }
 
+/// The running config of `Shared`, as an `arc_swap::Cache` needs it.
+struct RunningConfig(Arc<Shared>);
+
+impl std::ops::Deref for RunningConfig {
+    type Target = arc_swap::ArcSwap<Config>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.config
+    }
+}
+
 impl Session {
+    /// The running config as of this pass of the relay loop.
+    fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config_now)
+    }
+
+    /// The function catalog of the client's database as of this pass of the relay loop.
+    fn catalog(&self) -> Arc<FunctionCatalog> {
+        Arc::clone(&self.catalog_now)
+    }
+
+    /// Takes the config a reload swapped in and the catalog a refresh loaded, if any.
+    fn refresh(&mut self) {
+        let config = self.config_cache.load();
+        if !Arc::ptr_eq(config, &self.config_now) {
+            self.config_now = Arc::clone(config);
+        }
+        let catalog = self.functions.load();
+        if !Arc::ptr_eq(catalog, &self.catalog_now) {
+            self.catalog_now = Arc::clone(catalog);
+        }
+    }
+
     pub fn new(shared: Arc<Shared>, login: SessionLogin) -> Session {
         let SessionLogin {
             user,
@@ -356,6 +394,10 @@ impl Session {
         let config = shared.config.load();
         let pool_mode = config.server.pool_mode;
         let max_message_size = config.server.max_message_size;
+        let mut config_cache = arc_swap::Cache::new(RunningConfig(Arc::clone(&shared)));
+        let config_now = Arc::clone(config_cache.load());
+        let mut functions = arc_swap::Cache::new(functions);
+        let catalog_now = Arc::clone(functions.load());
         let session = Session {
             shared,
             user,
@@ -365,7 +407,10 @@ impl Session {
             statements: ClientStatements::default(),
             key_text: String::new(),
             sql_statements: std::collections::HashMap::new(),
+            catalog_now,
             functions,
+            config_now,
+            config_cache,
             cancel,
             registered,
             pool_mode,
@@ -424,24 +469,17 @@ impl Session {
 
     /// Relays until the client leaves, the session fails, or shutdown finds it idle.
     pub async fn run(mut self, client: &mut Socket) -> Result<(), FrontendError> {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        let result = self.relay(client, &mut shutdown).await;
+        let result = self.relay(client).await;
         Box::pin(self.finish()).await;
         result
     }
 
-    async fn relay(
-        &mut self,
-        client: &mut Socket,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> Result<(), FrontendError> {
-        let mut shutting_down = *shutdown.borrow();
-        // One wait for shutdown for the whole session: recreated in every select it would
-        // register and unregister itself on the channel all sessions share, under its lock,
-        // for every message.
-        let shutdown_signal = shutdown.changed();
-        tokio::pin!(shutdown_signal);
+    async fn relay(&mut self, client: &mut Socket) -> Result<(), FrontendError> {
+        let mut shutting_down = self.registered.shutting_down();
+        // One wait for shutdown for the whole session, cheap to poll in every pass.
+        let mut shutdown_signal = self.registered.shutdown_signal();
         loop {
+            self.refresh();
             if self.pending_invalidation.is_some() {
                 Box::pin(self.deliver_invalidation()).await;
                 if !self.sin.is_empty() {
@@ -482,7 +520,7 @@ impl Session {
             let sin_spare = self.sin.capacity() - self.sin.len();
             // A client that holds a server connection in an open transaction and sends nothing
             // is timed; the timer restarts whenever anything happens.
-            let idle_limit = self.shared.config.load().server.idle_transaction_timeout;
+            let idle_limit = self.config_now.server.idle_transaction_timeout;
             let idle_in_transaction = !idle_limit.is_zero()
                 && self.server.is_some()
                 && self.tx != TxStatus::Idle
@@ -512,23 +550,27 @@ impl Session {
                 let server_pending = server_chunks > 0;
                 let cin = &mut self.cin;
                 let sin = &mut self.sin;
+                // In a fixed order (no random start to draw): the server's answer first, then
+                // the client. Neither can starve the other: each branch is turned off while
+                // what it feeds is past HIGH_WATER.
                 tokio::select! {
-                    r = crd.read_buf(cin), if read_client => Event::ClientRead(r),
-                    r = cwr.write_vectored(&client_out[..client_chunks]), if client_pending => Event::ClientWrote(r),
+                    biased;
                     r = async {
                         match srd.as_mut() {
                             Some(s) => s.read_buf(sin).await,
                             None => std::future::pending().await,
                         }
                     }, if read_server => Event::ServerRead(r),
+                    r = cwr.write_vectored(&client_out[..client_chunks]), if client_pending => Event::ClientWrote(r),
+                    r = crd.read_buf(cin), if read_client => Event::ClientRead(r),
                     r = async {
                         match swr.as_mut() {
                             Some(s) => s.write_vectored(&server_out[..server_chunks]).await,
                             None => std::future::pending().await,
                         }
                     }, if server_pending && has_server => Event::ServerWrote(r),
-                    // Acted on only between transactions, so only waited for there: the
-                    // channel's version tells a shutdown that began meanwhile.
+                    // Acted on only between transactions, so only waited for there; it stays
+                    // fired for a shutdown that began meanwhile.
                     _ = &mut shutdown_signal, if !shutting_down && between_transactions => Event::Shutdown,
                     // Built only when polled: a Sleep reads the clock when it is made.
                     _ = async { tokio::time::sleep(idle_limit).await }, if idle_in_transaction => Event::IdleInTransaction,
@@ -826,18 +868,17 @@ impl Session {
                 });
                 return true;
             }
-            let read_only_begin =
-                crate::router::classify::classify(&begin_sql, &self.functions.load())
-                    .statements
-                    .first()
-                    .is_some_and(|s| {
-                        matches!(
-                            s.kind,
-                            crate::router::classify::StatementKind::Begin {
-                                read_only: Some(true)
-                            }
-                        )
-                    });
+            let read_only_begin = crate::router::classify::classify(&begin_sql, &self.catalog_now)
+                .statements
+                .first()
+                .is_some_and(|s| {
+                    matches!(
+                        s.kind,
+                        crate::router::classify::StatementKind::Begin {
+                            read_only: Some(true)
+                        }
+                    )
+                });
             plan.need = match plan.need {
                 Need::Leader(r) => Need::Leader(if r == Reason::Write || r == Reason::ForUpdate {
                     r
@@ -871,7 +912,7 @@ impl Session {
         let execute = plan.lone_execute.clone();
         if let Some(prepare) = execute.as_ref().and_then(|n| self.sql_statements.get(n)) {
             // EXECUTE runs where its statement's body would.
-            let body = crate::router::classify::classify(prepare, &self.functions.load());
+            let body = crate::router::classify::classify(prepare, &self.catalog_now);
             let body_plan = plan_body(&body, prepare, self.default_read_only());
             plan.need = body_plan.need;
             plan.write_tables = body_plan.write_tables;
@@ -961,7 +1002,7 @@ impl Session {
     /// for one read ([Parse] Bind [Describe portal] Execute(all rows) Sync).
     fn cache_request(&mut self, waiting: &Waiting, plan: &Plan) -> Option<CacheRequest> {
         let candidate = plan.cache.as_ref()?;
-        let config = self.shared.config.load();
+        let config = self.config();
         let ttl = match candidate.hint_ttl {
             Some(ttl) => ttl.unwrap_or(config.cache.default_ttl),
             None => crate::cache::rule_ttl(
@@ -1087,7 +1128,7 @@ impl Session {
             },
         };
         let max_bytes =
-            usize::try_from(self.shared.config.load().cache.max_entry_bytes).unwrap_or(usize::MAX);
+            usize::try_from(self.config_now.cache.max_entry_bytes).unwrap_or(usize::MAX);
         self.fill = Some(FillState {
             fill: ticket,
             answered_by,
@@ -1229,13 +1270,13 @@ impl Session {
     }
 
     fn plan_sql(&self, sql: &str) -> Plan {
-        let classification = self.shared.classifier.classify(sql, &self.functions.load());
+        let classification = self.shared.classifier.classify(sql, &self.catalog_now);
         plan(&classification, sql, self.default_read_only())
     }
 
     /// Plans a Bind of a named statement, from the classification it keeps.
     fn plan_statement(&self, statement: &ClientStatement) -> Plan {
-        let catalog = self.functions.load();
+        let catalog = self.catalog();
         let classification = statement.classification(catalog.generation(), |sql| {
             self.shared.classifier.classify(sql, &catalog)
         });
@@ -1559,7 +1600,7 @@ impl Session {
         if *self.shared.paused.borrow() {
             return Err(round_robin);
         }
-        let config = self.shared.config.load();
+        let config = self.config();
         let snapshot = self.shared.topology.snapshot();
         let choice = self.choose_server(plan, &snapshot, &config, &[], &mut round_robin);
         let (host, role) = match choice.target {
@@ -2052,7 +2093,7 @@ impl Session {
                     return;
                 }
                 let read_your_writes =
-                    self.shared.config.load().cluster.consistency == Consistency::ReadYourWrites;
+                    self.config_now.cluster.consistency == Consistency::ReadYourWrites;
                 let invalidates =
                     self.shared.cache.is_some() && (schema_may_change || !write_tables.is_empty());
                 if invalidates {
@@ -2256,7 +2297,7 @@ impl Session {
     /// clears everything buffered to or from it.
     fn drop_failed_server(&mut self, a: Attached) {
         if a.role == Role::Replica {
-            let ban_time = self.shared.config.load().cluster.ban_time;
+            let ban_time = self.config_now.cluster.ban_time;
             self.shared
                 .bans
                 .ban(a.conn.host(), Instant::now() + ban_time);
@@ -2355,7 +2396,7 @@ impl Session {
             return;
         }
         if self.pinned {
-            let reset = self.shared.config.load().cluster.server_reset_query.clone();
+            let reset = self.config_now.cluster.server_reset_query.clone();
             a.conn.release_after_reset(&reset).await;
         } else {
             a.conn.release();

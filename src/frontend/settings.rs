@@ -4,8 +4,7 @@
 //! In transaction pooling a client's next transaction may run on a connection another client
 //! used last; these settings are what make that invisible.
 
-use std::collections::HashMap;
-
+use crate::backend::Applied;
 use crate::protocol::build::{quote_ident, quote_literal};
 
 /// Startup parameters that are not settings: they pick the role, database or protocol.
@@ -95,23 +94,26 @@ impl Settings {
 
     /// The SQL that turns a connection whose pgrelay-applied settings are `applied` into one
     /// with these settings, or None when they already match. Also updates `applied`.
-    pub fn sync_sql(&self, applied: &mut HashMap<String, String>) -> Option<String> {
+    pub fn sync_sql(&self, applied: &mut Applied) -> Option<String> {
+        // Both sorted by name: the common case, nothing to do, is one comparison.
+        if applied.as_slice() == self.values.as_slice() {
+            return None;
+        }
         let mut statements = Vec::new();
         for (name, value) in &self.values {
-            if applied.get(name) != Some(value) {
+            if applied.get(name) != Some(value.as_str()) {
                 statements.push(format!("SET {} = {}", quote_ident(name), value));
             }
         }
-        let mut stale: Vec<&String> = applied.keys().filter(|k| self.get(k).is_none()).collect();
-        stale.sort();
-        for name in stale {
-            statements.push(format!("RESET {}", quote_ident(name)));
+        for (name, _) in applied.as_slice() {
+            if self.get(name).is_none() {
+                statements.push(format!("RESET {}", quote_ident(name)));
+            }
         }
+        applied.replace(&self.values);
         if statements.is_empty() {
             return None;
         }
-        applied.clear();
-        applied.extend(self.values.iter().cloned());
         Some(statements.join("; "))
     }
 }
@@ -193,10 +195,9 @@ mod tests {
         let mut s = Settings::default();
         s.set_sql("TimeZone", "'UTC'");
         s.set_sql("application_name", "'a'");
-        let mut applied = HashMap::from([
-            ("application_name".to_string(), "'a'".to_string()),
-            ("search_path".to_string(), "other".to_string()),
-        ]);
+        let mut applied = Applied::default();
+        applied.insert("application_name".to_string(), "'a'".to_string());
+        applied.insert("search_path".to_string(), "other".to_string());
         assert_eq!(
             s.sync_sql(&mut applied).as_deref(),
             Some("SET timezone = 'UTC'; RESET search_path")
@@ -206,6 +207,33 @@ mod tests {
             None,
             "second sync finds nothing to do"
         );
+    }
+
+    #[test]
+    fn a_connection_with_the_same_settings_needs_nothing_and_another_clients_change_is_undone() {
+        let mut s = Settings::default();
+        s.set_sql("timezone", "'UTC'");
+        s.set_sql("application_name", "'a'");
+        let mut applied = Applied::default();
+        assert_eq!(
+            s.sync_sql(&mut applied).as_deref(),
+            Some("SET application_name = 'a'; SET timezone = 'UTC'")
+        );
+        assert_eq!(applied.as_slice(), s.as_slice());
+        assert_eq!(s.clone().sync_sql(&mut applied), None);
+        // Another client's SET on this connection is set back.
+        applied.insert("timezone".to_string(), "'Asia/Tokyo'".to_string());
+        assert_eq!(
+            s.sync_sql(&mut applied).as_deref(),
+            Some("SET timezone = 'UTC'")
+        );
+        applied.remove("application_name");
+        applied.insert("work_mem".to_string(), "'1MB'".to_string());
+        assert_eq!(
+            s.sync_sql(&mut applied).as_deref(),
+            Some("SET application_name = 'a'; RESET work_mem")
+        );
+        assert_eq!(applied.get("work_mem"), None);
     }
 
     #[test]
@@ -232,14 +260,14 @@ mod tests {
     #[test]
     fn values_are_quoted_for_replay() {
         let s = Settings::from_startup(&params(&[("application_name", "it's")]));
-        let mut applied = HashMap::new();
+        let mut applied = Applied::default();
         assert_eq!(
             s.sync_sql(&mut applied).as_deref(),
             Some("SET application_name = 'it''s'")
         );
         let mut sql = Settings::default();
         sql.set_sql("search_path", "app, public");
-        let mut applied = HashMap::new();
+        let mut applied = Applied::default();
         assert_eq!(
             sql.sync_sql(&mut applied).as_deref(),
             Some("SET search_path = app, public")

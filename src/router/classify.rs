@@ -2242,10 +2242,10 @@ struct Shard {
 }
 
 impl Shard {
-    fn get(&mut self, hash: u64, sql: &str, generation: u64) -> Option<Arc<Classification>> {
+    fn get(&mut self, hash: u64, sql: &[u8], generation: u64) -> Option<Arc<Classification>> {
         let &i = self.index.get(&hash)?;
         let slot = self.slots.get_mut(i)?;
-        if slot.generation != generation || &*slot.text != sql {
+        if slot.generation != generation || slot.text.as_bytes() != sql {
             return None;
         }
         slot.referenced = true;
@@ -2300,7 +2300,8 @@ impl Shard {
 /// 64 KiB are classified but not stored.
 pub struct ClassifyCache {
     shards: Vec<Mutex<Shard>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Per process, so statement texts cannot be chosen to collide.
+    seed: u64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -2317,9 +2318,54 @@ impl std::fmt::Debug for ClassifyCache {
 
 /// Statements whose classification cannot depend on a numeric literal: their class, tables
 /// and functions are what they are whatever the numbers.
-const NUMBER_BLIND_KEYWORDS: &[&str] = &[
-    "select", "with", "insert", "update", "delete", "values", "table",
+const NUMBER_BLIND_KEYWORDS: &[&[u8]] = &[
+    b"select", b"with", b"insert", b"update", b"delete", b"values", b"table",
 ];
+
+/// What a byte can start in [`numbers_blanked`]'s scan.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ByteClass {
+    Other,
+    /// A letter, `_` or a byte of a multi-byte character: continues a word.
+    Word,
+    Digit,
+    Quote,
+    DoubleQuote,
+    Dollar,
+    Semicolon,
+    Dash,
+    Slash,
+}
+
+/// Each byte's class: one load per byte instead of a chain of comparisons.
+static BYTE_CLASS: [ByteClass; 256] = {
+    let mut table = [ByteClass::Other; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'0'..=b'9' => ByteClass::Digit,
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' | 0x80..=0xff => ByteClass::Word,
+            b'\'' => ByteClass::Quote,
+            b'"' => ByteClass::DoubleQuote,
+            b'$' => ByteClass::Dollar,
+            b';' => ByteClass::Semicolon,
+            b'-' => ByteClass::Dash,
+            b'/' => ByteClass::Slash,
+            _ => ByteClass::Other,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// Whether `c` continues an identifier (letters, digits, `_`, `$`, multi-byte characters).
+fn continues_identifier(c: u8) -> bool {
+    matches!(
+        BYTE_CLASS[usize::from(c)],
+        ByteClass::Word | ByteClass::Digit | ByteClass::Dollar
+    )
+}
 
 /// `sql` with every digit of every numeric literal replaced by `0` (same length, so statement
 /// ranges stay valid), written into `out`, or None when nothing changes, the text holds more
@@ -2327,22 +2373,40 @@ const NUMBER_BLIND_KEYWORDS: &[&str] = &[
 /// strings, quoted identifiers, comments (hints live there), identifiers and `$n` parameters
 /// are left alone; any dollar-quoted string makes it give up.
 pub fn numbers_blanked<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
-    let b = sql.as_bytes();
-    let first = first_keyword(b)?;
+    if blank_numbers(sql.as_bytes(), out) {
+        // Only ASCII digits were replaced by ASCII digits: still valid UTF-8.
+        std::str::from_utf8(out).ok()
+    } else {
+        None
+    }
+}
+
+/// [`numbers_blanked`] on bytes: whether anything changed (then `out` holds the result).
+fn blank_numbers(b: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(first) = first_keyword(b) else {
+        return false;
+    };
     if !NUMBER_BLIND_KEYWORDS
         .iter()
-        .any(|k| k.eq_ignore_ascii_case(first))
+        .any(|k| k.len() == first.len() && k.eq_ignore_ascii_case(first))
     {
-        return None;
+        return false;
     }
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let mut changed = false;
     let mut i = 0;
     while i < b.len() {
-        match b[i] {
-            b'\'' => {
-                let escapes =
-                    i > 0 && matches!(b[i - 1], b'e' | b'E') && !(i > 1 && ident(b[i - 2]));
+        match BYTE_CLASS[usize::from(b[i])] {
+            ByteClass::Other => i += 1,
+            ByteClass::Word => {
+                i += 1;
+                while i < b.len() && continues_identifier(b[i]) {
+                    i += 1;
+                }
+            }
+            ByteClass::Quote => {
+                let escapes = i > 0
+                    && matches!(b[i - 1], b'e' | b'E')
+                    && !(i > 1 && continues_identifier(b[i - 2]));
                 i += 1;
                 while i < b.len() {
                     match b[i] {
@@ -2359,28 +2423,33 @@ pub fn numbers_blanked<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
                     }
                 }
             }
-            b'"' => {
+            ByteClass::DoubleQuote => {
                 i += 1;
                 while i < b.len() && b[i] != b'"' {
                     i += 1;
                 }
                 i += 1;
             }
-            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+            ByteClass::Dollar if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 i += 1;
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
                 }
             }
-            b'$' => return None,
+            ByteClass::Dollar => return false,
             // Only one statement: a later one (a SET, a PREPARE) may carry numbers that matter.
-            b';' if b[i + 1..].iter().any(|c| !c.is_ascii_whitespace()) => return None,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
+            ByteClass::Semicolon => {
+                if b[i + 1..].iter().any(|c| !c.is_ascii_whitespace()) {
+                    return false;
+                }
+                i += 1;
+            }
+            ByteClass::Dash if b.get(i + 1) == Some(&b'-') => {
                 while i < b.len() && b[i] != b'\n' {
                     i += 1;
                 }
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
+            ByteClass::Slash if b.get(i + 1) == Some(&b'*') => {
                 let mut depth = 0usize;
                 while i < b.len() {
                     if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
@@ -2397,7 +2466,9 @@ pub fn numbers_blanked<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
                     }
                 }
             }
-            c if c.is_ascii_digit() && !(i > 0 && ident(b[i - 1])) => {
+            ByteClass::Dash | ByteClass::Slash => i += 1,
+            // Words are consumed whole, so a digit here starts a number.
+            ByteClass::Digit => {
                 while i < b.len() && b[i].is_ascii_digit() {
                     if b[i] != b'0' {
                         if !changed {
@@ -2410,24 +2481,13 @@ pub fn numbers_blanked<'a>(sql: &str, out: &'a mut Vec<u8>) -> Option<&'a str> {
                     i += 1;
                 }
             }
-            c if ident(c) => {
-                while i < b.len() && ident(b[i]) {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
         }
     }
-    // Only ASCII digits were replaced by ASCII digits: still valid UTF-8.
-    if changed {
-        std::str::from_utf8(out).ok()
-    } else {
-        None
-    }
+    changed
 }
 
 /// The first word of `sql` after whitespace and comments.
-fn first_keyword(b: &[u8]) -> Option<&str> {
+fn first_keyword(b: &[u8]) -> Option<&[u8]> {
     let mut i = 0;
     loop {
         while i < b.len() && b[i].is_ascii_whitespace() {
@@ -2448,9 +2508,7 @@ fn first_keyword(b: &[u8]) -> Option<&str> {
     while i < b.len() && b[i].is_ascii_alphabetic() {
         i += 1;
     }
-    std::str::from_utf8(&b[start..i])
-        .ok()
-        .filter(|w| !w.is_empty())
+    Some(&b[start..i]).filter(|w| !w.is_empty())
 }
 
 impl ClassifyCache {
@@ -2471,7 +2529,7 @@ impl ClassifyCache {
             .collect();
         ClassifyCache {
             shards,
-            hasher: Default::default(),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -2491,21 +2549,32 @@ impl ClassifyCache {
             if shape.capacity() > MAX_CACHED_TEXT_BYTES {
                 *shape = Vec::new();
             }
-            let sql = numbers_blanked(sql, shape).unwrap_or(sql);
-            self.classify_shape(sql, catalog)
+            if blank_numbers(sql.as_bytes(), shape) {
+                self.classify_shape(shape, sql, catalog)
+            } else {
+                self.classify_shape(sql.as_bytes(), sql, catalog)
+            }
         })
     }
 
-    fn classify_shape(&self, sql: &str, catalog: &FunctionCatalog) -> Arc<Classification> {
+    /// `shape` is `sql` or `sql` with digits replaced (so valid UTF-8 too): hits compare bytes,
+    /// only a miss needs it as text.
+    fn classify_shape(
+        &self,
+        shape: &[u8],
+        sql: &str,
+        catalog: &FunctionCatalog,
+    ) -> Arc<Classification> {
         let generation = catalog.generation();
-        let hash = self.hasher.hash_one(sql);
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(shape, self.seed);
         // High bits pick the shard: the map inside uses the low bits for buckets.
         let shard = &self.shards[((hash >> 40) as usize) % self.shards.len()];
-        if let Some(found) = lock(shard).get(hash, sql, generation) {
+        if let Some(found) = lock(shard).get(hash, shape, generation) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return found;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        let sql = std::str::from_utf8(shape).unwrap_or(sql);
         let value = Arc::new(classify(sql, catalog));
         if sql.len() <= MAX_CACHED_TEXT_BYTES {
             lock(shard).put(hash, sql, generation, Arc::clone(&value));
