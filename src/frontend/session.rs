@@ -14,6 +14,7 @@
 //! server says ReadyForQuery 'I', the client is owed nothing more and no batch is open. In
 //! session pooling (or once a client is pinned) it keeps the connection until it leaves.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::{peek_header, split_frame};
 use crate::protocol::{sqlstate, tag, view, Frame, TxStatus};
 use crate::router::catalog::SharedCatalog;
-use crate::router::classify::{FunctionCatalog, RouteHint};
+use crate::router::classify::{Classification, FunctionCatalog, RouteHint};
 use crate::router::route::{self, Candidate, Need, Reason, Target};
 use crate::router::{plan, plan as plan_body, Plan, SettingChange, TxEnd};
 use crate::topology::Snapshot;
@@ -221,6 +222,9 @@ pub struct Session {
     functions: arc_swap::Cache<SharedCatalog, Arc<FunctionCatalog>>,
     config_now: Arc<Config>,
     config_cache: arc_swap::Cache<RunningConfig, Arc<Config>>,
+    /// The topology, revalidated with one atomic load at every checkout.
+    topology: arc_swap::Cache<CurrentTopology, Arc<Snapshot>>,
+    plan_memo: RefCell<Option<PlanMemo>>,
     cancel: CancelHandle,
     registered: ClientEntry,
     /// Pools this session has used.
@@ -261,6 +265,9 @@ pub struct Session {
     /// The last CommandComplete of the client's transaction was COMMIT.
     last_was_commit: bool,
 
+    /// When the ReadyForQuery that ended a unit arrived, while the input holding it is being
+    /// processed (the connection's last use, if it is released then).
+    ready_at: Option<Instant>,
     /// Extended messages that arrived while no server was chosen, up to Sync or Flush.
     batch: Vec<Frame>,
     batch_bytes: usize,
@@ -346,6 +353,24 @@ fn inspected(t: u8) -> bool {
     )
 }
 
+/// The plan of the classification a session planned last.
+struct PlanMemo {
+    classification: Arc<Classification>,
+    read_only: bool,
+    plan: Plan,
+}
+
+/// The topology of `Shared`, as an `arc_swap::Cache` needs it.
+struct CurrentTopology(Arc<Shared>);
+
+impl std::ops::Deref for CurrentTopology {
+    type Target = arc_swap::ArcSwap<Snapshot>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.topology.current()
+    }
+}
+
 /// The running config of `Shared`, as an `arc_swap::Cache` needs it.
 struct RunningConfig(Arc<Shared>);
 
@@ -395,6 +420,7 @@ impl Session {
         let pool_mode = config.server.pool_mode;
         let max_message_size = config.server.max_message_size;
         let mut config_cache = arc_swap::Cache::new(RunningConfig(Arc::clone(&shared)));
+        let topology = arc_swap::Cache::new(CurrentTopology(Arc::clone(&shared)));
         let config_now = Arc::clone(config_cache.load());
         let mut functions = arc_swap::Cache::new(functions);
         let catalog_now = Arc::clone(functions.load());
@@ -411,6 +437,8 @@ impl Session {
             functions,
             config_now,
             config_cache,
+            topology,
+            plan_memo: RefCell::new(None),
             cancel,
             registered,
             pool_mode,
@@ -434,6 +462,7 @@ impl Session {
             done_batches: 0,
             batch_failed: false,
             last_was_commit: false,
+            ready_at: None,
             batch: Vec::new(),
             batch_bytes: 0,
             pools,
@@ -527,8 +556,14 @@ impl Session {
                 && self.replies.is_empty()
                 && self.cin.is_empty()
                 && !self.closing;
-            let read_client =
-                !self.closing && self.to_server_len < HIGH_WATER && self.waiting.is_none();
+            // While the server answers what the client sent, the client's next bytes can wait
+            // in its socket (saving a poll per request); not during COPY FROM STDIN, whose
+            // data the server waits for before it answers.
+            let awaiting_answer = !self.replies.is_empty() && !self.copy_in;
+            let read_client = !self.closing
+                && self.to_server_len < HIGH_WATER
+                && self.waiting.is_none()
+                && !awaiting_answer;
             let has_server = self.server.is_some();
             let between_transactions = self.is_between_transactions();
             let read_server = has_server && self.to_client_len < HIGH_WATER;
@@ -936,6 +971,9 @@ impl Session {
             }
         }
 
+        // One reading of the clock times the unit and dates the pool's bookkeeping (read
+        // again after a wait for a connection: the unit's time starts when it is sent).
+        let mut dispatched = Instant::now();
         if let Some(a) = &self.server {
             let fits = match (&a.role, plan.need) {
                 (Role::Leader, _) => true,
@@ -947,11 +985,12 @@ impl Session {
                 self.waiting = Some(waiting);
                 return false;
             }
-        } else if let Err(round_robin) = self.attach_now(&plan) {
+        } else if let Err(round_robin) = self.attach_now(&plan, dispatched) {
             if let Err(e) = Box::pin(self.attach(&plan, round_robin)).await {
                 self.refuse_unit(&waiting, &e);
                 return true;
             }
+            dispatched = Instant::now();
         }
         if plan.pin && !self.pinned {
             self.pinned = true;
@@ -969,7 +1008,7 @@ impl Session {
             Waiting::Message(frame) => {
                 self.keep_for_replay(&frame.bytes);
                 self.queue_server(frame.bytes);
-                self.owe_ready(effects, false);
+                self.owe_ready_since(effects, false, dispatched);
             }
             Waiting::Batch => {
                 let frames = std::mem::take(&mut self.batch);
@@ -983,7 +1022,7 @@ impl Session {
                     if frame.tag == tag::SYNC {
                         self.extended_open = false;
                         self.queue_server(frame.bytes);
-                        self.owe_ready(effects.take().unwrap_or_default(), true);
+                        self.owe_ready_since(effects.take().unwrap_or_default(), true, dispatched);
                     } else {
                         self.forward_extended(frame);
                     }
@@ -1077,7 +1116,7 @@ impl Session {
     }
 
     /// Looks a request up: without awaiting when the store is in this process.
-    async fn cache_lookup(&self, request: &CacheRequest) -> Option<crate::cache::Lookup> {
+    async fn cache_lookup(&mut self, request: &CacheRequest) -> Option<crate::cache::Lookup> {
         let cache = self.shared.cache.as_ref()?;
         let relations = request.tables.relations();
         if let Some(found) = cache.lookup_in_process(&self.database, request.key, relations) {
@@ -1271,7 +1310,21 @@ impl Session {
 
     fn plan_sql(&self, sql: &str) -> Plan {
         let classification = self.shared.classifier.classify(sql, &self.catalog_now);
-        plan(&classification, sql, self.default_read_only())
+        let read_only = self.default_read_only();
+        // A client mostly sends one shape again (texts differing only in numbers share a
+        // classification, and nothing in a plan depends on those numbers).
+        if let Some(memo) = &*self.plan_memo.borrow() {
+            if Arc::ptr_eq(&memo.classification, &classification) && memo.read_only == read_only {
+                return memo.plan.clone();
+            }
+        }
+        let planned = plan(&classification, sql, read_only);
+        *self.plan_memo.borrow_mut() = Some(PlanMemo {
+            classification,
+            read_only,
+            plan: planned.clone(),
+        });
+        planned
     }
 
     /// Plans a Bind of a named statement, from the classification it keeps.
@@ -1582,8 +1635,13 @@ impl Session {
     }
 
     fn owe_ready(&mut self, effects: Effects, sync: bool) {
+        self.owe_ready_since(effects, sync, Instant::now());
+    }
+
+    /// `owe_ready` for a unit sent at `since`.
+    fn owe_ready_since(&mut self, effects: Effects, sync: bool, since: Instant) {
         self.replies.push_back(Reply::Client {
-            since: Instant::now(),
+            since,
             effects,
             sync,
         });
@@ -1595,14 +1653,14 @@ impl Session {
     /// a wait or a second look at the topology. Otherwise `attach` must do it, and gets the
     /// round-robin turn this took, so it makes the same choice (a replica with no idle
     /// connection yet is not passed over for one that has).
-    fn attach_now(&mut self, plan: &Plan) -> Result<(), Option<usize>> {
+    fn attach_now(&mut self, plan: &Plan, now: Instant) -> Result<(), Option<usize>> {
         let mut round_robin = None;
         if *self.shared.paused.borrow() {
             return Err(round_robin);
         }
         let config = self.config();
-        let snapshot = self.shared.topology.snapshot();
-        let choice = self.choose_server(plan, &snapshot, &config, &[], &mut round_robin);
+        let snapshot = Arc::clone(self.topology.load());
+        let choice = self.choose_server(plan, &snapshot, &config, &[], &mut round_robin, now);
         let (host, role) = match choice.target {
             Target::Leader => match snapshot.leader() {
                 Some(l) => (&l.host, Role::Leader),
@@ -1614,7 +1672,7 @@ impl Session {
         let pool = self
             .pools
             .get(&self.shared, host, &self.user, &self.database);
-        let Some(conn) = pool.try_checkout() else {
+        let Some(conn) = pool.try_checkout(now) else {
             return Err(round_robin);
         };
         self.count_reroute(choice.rerouted);
@@ -1632,6 +1690,7 @@ impl Session {
         config: &Config,
         excluded: &[HostAddr],
         round_robin: &mut Option<usize>,
+        now: Instant,
     ) -> Choice {
         let min_lsn = match config.cluster.consistency {
             Consistency::ReadYourWrites => self.last_commit_lsn,
@@ -1654,7 +1713,6 @@ impl Session {
                 rerouted: None,
             };
         }
-        let now = Instant::now();
         let bans = &self.shared.bans;
         let usable = |i: &usize| {
             let host = &snapshot.servers[*i].host;
@@ -1731,8 +1789,15 @@ impl Session {
         let config = self.shared.config.load_full();
         let mut excluded: Vec<HostAddr> = Vec::new();
         let (conn, role, reason) = loop {
-            let snapshot = self.shared.topology.snapshot();
-            let choice = self.choose_server(plan, &snapshot, &config, &excluded, &mut round_robin);
+            let snapshot = Arc::clone(self.topology.load());
+            let choice = self.choose_server(
+                plan,
+                &snapshot,
+                &config,
+                &excluded,
+                &mut round_robin,
+                Instant::now(),
+            );
             // A replica that failed is left out and the next choice takes a new turn.
             round_robin = None;
             self.count_reroute(choice.rerouted);
@@ -1831,6 +1896,7 @@ impl Session {
     /// Scans what the server sent: streams uninspected messages through, looks at the
     /// inspected ones, hides the replies to pgrelay's own messages.
     fn process_server_input(&mut self) {
+        self.ready_at = None;
         let mut fwd = 0usize;
         loop {
             if self.s_passthrough > 0 {
@@ -1924,10 +1990,12 @@ impl Session {
                         false
                     }
                     Some(Reply::Client { since, effects, .. }) => {
+                        let now = Instant::now();
+                        self.ready_at = Some(now);
                         self.shared
                             .metrics
                             .query_duration
-                            .observe(since.elapsed().as_secs_f64());
+                            .observe(now.saturating_duration_since(since).as_secs_f64());
                         let failed = std::mem::take(&mut self.batch_failed);
                         if let Some(fill) = self.fill.as_mut() {
                             if fill.done.is_none() {
@@ -2237,7 +2305,9 @@ impl Session {
             if buffer.capacity() <= KEPT_READ_BUFFER {
                 a.conn.conn().read_buf = buffer;
             }
-            a.conn.release();
+            // The clock was read for the ReadyForQuery that ended the unit, just now.
+            a.conn
+                .release_at(self.ready_at.take().unwrap_or_else(Instant::now));
             self.cancel.release();
             self.registered.set_server(None);
             self.registered.set_state(ClientState::Idle);
@@ -2438,6 +2508,9 @@ const MAX_IO_SLICES: usize = 8;
 /// rest are empty).
 fn io_slices(queue: &VecDeque<Bytes>) -> ([std::io::IoSlice<'_>; MAX_IO_SLICES], usize) {
     let mut slices = [std::io::IoSlice::new(&[]); MAX_IO_SLICES];
+    if queue.is_empty() {
+        return (slices, 0);
+    }
     for (slot, chunk) in slices.iter_mut().zip(queue.iter()) {
         *slot = std::io::IoSlice::new(chunk);
     }

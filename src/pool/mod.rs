@@ -57,6 +57,10 @@ pub struct PoolKey {
     pub database: String,
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Limits and timeouts shared by every pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -86,6 +90,8 @@ pub struct Pool {
     password: ArcSwapOption<String>,
     /// Swapped whole by `Pools::set_settings` (config reload).
     settings: ArcSwap<PoolSettings>,
+    /// `settings.idle_timeout` in nanoseconds, read on every checkout without an `ArcSwap` load.
+    idle_timeout_ns: AtomicU64,
     /// Slots a smaller `max_size` took away that were in use then: the next permits to come
     /// back are forgotten instead of freed.
     shrink_debt: AtomicUsize,
@@ -129,6 +135,7 @@ impl Pool {
             key,
             password: ArcSwapOption::from(password.map(Arc::new)),
             permits: Arc::new(Semaphore::new(settings.max_size)),
+            idle_timeout_ns: AtomicU64::new(nanos(settings.idle_timeout)),
             settings: ArcSwap::from_pointee(settings),
             shrink_debt: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
@@ -169,7 +176,7 @@ impl Pool {
         // Read before connecting: if the host changes role while we connect, the new
         // connection already counts as old and is not pooled after use.
         let epoch = self.epoch();
-        let conn = match self.take_idle(epoch) {
+        let conn = match self.take_idle(epoch, Instant::now()) {
             Some(conn) => conn,
             None => Box::new(self.connect().await?),
         };
@@ -177,11 +184,12 @@ impl Pool {
     }
 
     /// An idle connection, if one is there and a slot is free, without waiting or
-    /// connecting: the common checkout, done without a future.
-    pub fn try_checkout(self: &Arc<Self>) -> Option<PooledConn> {
+    /// connecting: the common checkout, done without a future. `now` is the caller's clock
+    /// reading (one per transaction serves the pool too).
+    pub fn try_checkout(self: &Arc<Self>, now: Instant) -> Option<PooledConn> {
         let permit = Arc::clone(&self.permits).try_acquire_owned().ok()?;
         let epoch = self.epoch();
-        let conn = self.take_idle(epoch)?;
+        let conn = self.take_idle(epoch, now)?;
         Some(self.hand_out(conn, epoch, permit))
     }
 
@@ -211,15 +219,16 @@ impl Pool {
         self.host.active.load(Ordering::Relaxed)
     }
 
-    fn take_idle(&self, epoch: u64) -> Option<Box<ServerConn>> {
+    fn take_idle(&self, epoch: u64, now: Instant) -> Option<Box<ServerConn>> {
+        let idle_timeout = Duration::from_nanos(self.idle_timeout_ns.load(Ordering::Relaxed));
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(entry) = idle.pop() {
-            let idle_for = entry.conn.last_used.elapsed();
+            let idle_for = now.saturating_duration_since(entry.conn.last_used);
             // A connection used a moment ago is trusted without a syscall (a server that died
             // since is noticed on first use, and reads are then replayed elsewhere); one idle
             // longer is checked for a close or a FATAL the server sent meanwhile.
             if entry.epoch == epoch
-                && idle_for < self.settings.load().idle_timeout
+                && idle_for < idle_timeout
                 && (idle_for < STALE_CHECK_AFTER || !entry.conn.is_stale())
             {
                 return Some(entry.conn);
@@ -253,7 +262,7 @@ impl Pool {
     }
 
     /// Pools a connection opened under `epoch`, or closes it if its host changed role since.
-    fn put_idle(&self, mut conn: Box<ServerConn>, epoch: u64) {
+    fn put_idle(&self, mut conn: Box<ServerConn>, epoch: u64, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock `retire` clears under, so a connection cannot slip in
         // between a bump and the clearing.
@@ -261,7 +270,7 @@ impl Pool {
             tracing::debug!(host = %self.key.host, "server changed role while the connection was in use; closing it");
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         idle.push(IdleConn { conn, epoch });
     }
 
@@ -291,6 +300,8 @@ impl Pool {
     /// Callers serialise calls (`Pools::set_settings` holds the pool map's lock).
     fn set_settings(&self, settings: PoolSettings) {
         let (old, new) = (self.settings.load().max_size, settings.max_size);
+        self.idle_timeout_ns
+            .store(nanos(settings.idle_timeout), Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
         if new > old {
             let mut grow = new - old;
@@ -370,9 +381,14 @@ impl PooledConn {
 
     /// Returns an idle connection (ReadyForQuery 'I', nothing unread) to the pool; closes it
     /// instead if its server changed role meanwhile.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// `release`, with the caller's reading of the clock as the connection's last use.
+    pub fn release_at(mut self, now: Instant) {
         if let Some(conn) = self.conn.take() {
-            self.pool.put_idle(conn, self.epoch);
+            self.pool.put_idle(conn, self.epoch, now);
         }
     }
 
@@ -381,7 +397,7 @@ impl PooledConn {
         if let Some(mut conn) = self.conn.take() {
             if reset_query.is_empty() || !self.is_current() {
                 // A stale connection is closed by put_idle; no point resetting it first.
-                self.pool.put_idle(conn, self.epoch);
+                self.pool.put_idle(conn, self.epoch, Instant::now());
                 return;
             }
             match conn
@@ -390,7 +406,7 @@ impl PooledConn {
             {
                 Ok(()) => {
                     conn.applied.clear();
-                    self.pool.put_idle(conn, self.epoch);
+                    self.pool.put_idle(conn, self.epoch, Instant::now());
                 }
                 Err(e) => {
                     tracing::warn!(host = %self.pool.key.host, error = %e, "server reset failed; closing connection")
@@ -626,7 +642,7 @@ mod tests {
         let app = pools.get(&key(&host, "app"), || None);
         let other = pools.get(&key(&host, "other"), || None);
         assert!(
-            app.try_checkout().is_none(),
+            app.try_checkout(Instant::now()).is_none(),
             "nothing idle yet: no connecting here"
         );
         let a = app.checkout(WAIT).await.unwrap();
@@ -635,7 +651,9 @@ mod tests {
         let a_id = a.conn_ref().id;
         a.release();
         assert_eq!(other.active_on_host(), 1);
-        let again = app.try_checkout().expect("the idle connection, at once");
+        let again = app
+            .try_checkout(Instant::now())
+            .expect("the idle connection, at once");
         assert_eq!(again.conn_ref().id, a_id);
         assert_eq!(app.active_on_host(), 2);
         again.discard();

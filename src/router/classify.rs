@@ -2359,12 +2359,22 @@ static BYTE_CLASS: [ByteClass; 256] = {
     table
 };
 
-/// Whether `c` continues an identifier (letters, digits, `_`, `$`, multi-byte characters).
+/// Whether a byte continues an identifier: letters, digits, `_`, `$`, multi-byte characters.
+static CONTINUES_IDENTIFIER: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(
+            BYTE_CLASS[b],
+            ByteClass::Word | ByteClass::Digit | ByteClass::Dollar
+        );
+        b += 1;
+    }
+    table
+};
+
 fn continues_identifier(c: u8) -> bool {
-    matches!(
-        BYTE_CLASS[usize::from(c)],
-        ByteClass::Word | ByteClass::Digit | ByteClass::Dollar
-    )
+    CONTINUES_IDENTIFIER[usize::from(c)]
 }
 
 /// `sql` with every digit of every numeric literal replaced by `0` (same length, so statement

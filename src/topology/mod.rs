@@ -36,6 +36,11 @@ impl Topology {
         self.current.load_full()
     }
 
+    /// Where the current snapshot is published, for an `arc_swap::Cache` of it.
+    pub fn current(&self) -> &ArcSwap<Snapshot> {
+        &self.current
+    }
+
     pub fn publish(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
         self.changed.notify_waiters();
