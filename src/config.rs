@@ -267,6 +267,15 @@ pub struct HostAddr {
     pub port: u16,
 }
 
+impl HostAddr {
+    /// Makes this address `other`, reusing this one's buffer (an address copied on every
+    /// transaction allocates nothing).
+    pub fn set_to(&mut self, other: &HostAddr) {
+        self.host.clone_from(&other.host);
+        self.port = other.port;
+    }
+}
+
 /// Why a `host:port` string is not a [`HostAddr`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -91,8 +91,12 @@ impl CancelHandle {
     pub fn hold(&self, host: &HostAddr, process_id: i32, secret_key: i32) {
         let mut state = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         match state.target.as_mut() {
-            // Usually another connection to the same server: no new copy of its address.
-            Some(t) if &t.host == host => {
+            // Another connection, usually to a server held before: its address is copied into
+            // the buffer already here.
+            Some(t) => {
+                if &t.host != host {
+                    t.host.set_to(host);
+                }
                 t.process_id = process_id;
                 t.secret_key = secret_key;
             }

@@ -268,8 +268,10 @@ impl ClientEntry {
         let mut current = self.record.server.lock().unwrap_or_else(|e| e.into_inner());
         match server {
             Some(host) => {
-                if current.0.as_ref() != Some(host) {
-                    current.0 = Some(host.clone());
+                match current.0.as_mut() {
+                    Some(last) if last == host => {}
+                    Some(last) => last.set_to(host),
+                    None => current.0 = Some(host.clone()),
                 }
                 current.1 = true;
             }

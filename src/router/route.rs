@@ -125,15 +125,18 @@ fn pick_replica(view: &View<'_>, reason: Reason) -> Decision {
         };
         return Decision { target, reason };
     };
-    let tied: Vec<usize> = view
-        .candidates
-        .iter()
-        .filter(|c| c.outstanding == least)
-        .map(|c| c.index)
-        .collect();
-    Decision {
-        target: Target::Replica(tied[view.round_robin % tied.len()]),
-        reason,
+    // Counted, then walked again: no list per read.
+    let tied = || view.candidates.iter().filter(|c| c.outstanding == least);
+    let turn = view.round_robin % tied().count().max(1);
+    match tied().nth(turn) {
+        Some(c) => Decision {
+            target: Target::Replica(c.index),
+            reason,
+        },
+        None => Decision {
+            target: Target::Leader,
+            reason: Reason::Fallback,
+        },
     }
 }
 
