@@ -24,7 +24,7 @@ fn view_everything(body: &[u8]) {
     let _ = view::target_message(body);
     let _ = view::ready_status(body);
     let _ = view::parameter_status(body);
-    let _ = view::command_tag(body);
+    let _ = view::is_commit(body);
     let _ = view::backend_key(body);
     let _ = view::first_column_text(body);
     let _ = view::error_fields(body);

@@ -28,11 +28,15 @@ impl StatementCache {
         self.names.contains_key(name)
     }
 
-    /// Marks `name` as used now.
-    pub fn touch(&mut self, name: &str) {
+    /// Marks `name` as used now; returns whether the connection has it.
+    pub fn touch(&mut self, name: &str) -> bool {
         self.tick += 1;
-        if let Some(t) = self.names.get_mut(name) {
-            *t = self.tick;
+        match self.names.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
         }
     }
 
@@ -80,7 +84,8 @@ mod tests {
         let mut c = StatementCache::new(2);
         assert_eq!(c.insert("a", &[]), None);
         assert_eq!(c.insert("b", &[]), None);
-        c.touch("a");
+        assert!(c.touch("a"));
+        assert!(!c.touch("z"), "a statement never prepared is not there");
         assert_eq!(c.insert("c", &[]), Some("b".to_owned()));
         assert!(c.contains("a") && c.contains("c") && !c.contains("b"));
     }

@@ -1310,6 +1310,11 @@ impl Session {
 
     fn plan_sql(&self, sql: &str) -> Plan {
         let classification = self.shared.classifier.classify(sql, &self.catalog_now);
+        self.plan_classified(classification, sql)
+    }
+
+    /// The plan of `sql`, classified as `classification`.
+    fn plan_classified(&self, classification: Arc<Classification>, sql: &str) -> Plan {
         let read_only = self.default_read_only();
         // A client mostly sends one shape again (texts differing only in numbers share a
         // classification, and nothing in a plan depends on those numbers).
@@ -1333,7 +1338,7 @@ impl Session {
         let classification = statement.classification(catalog.generation(), |sql| {
             self.shared.classifier.classify(sql, &catalog)
         });
-        plan(&classification, &statement.sql, self.default_read_only())
+        self.plan_classified(classification, &statement.sql)
     }
 
     /// Plans the collected batch: every Parse's SQL and every Bind's statement count.
@@ -1605,10 +1610,11 @@ impl Session {
 
     /// Prepares the client's statement on the attached connection if it lacks it.
     fn ensure_prepared(&mut self, stmt: &ClientStatement) {
-        if self.server_has(&stmt.server_name) {
-            if let Some(a) = self.server.as_mut() {
-                a.conn.conn().statements.touch(&stmt.server_name);
-            }
+        let prepared = self
+            .server
+            .as_mut()
+            .is_some_and(|a| a.conn.conn().statements.touch(&stmt.server_name));
+        if prepared {
             return;
         }
         self.note_prepared(&stmt.server_name);
@@ -2052,8 +2058,7 @@ impl Session {
             }
             tag::COMMAND_COMPLETE => {
                 if own.is_none() {
-                    self.last_was_commit =
-                        view::command_tag(&self.sin[body]).is_some_and(|t| t == "COMMIT");
+                    self.last_was_commit = view::is_commit(&self.sin[body]);
                 }
                 own.is_none()
             }

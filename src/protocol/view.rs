@@ -109,9 +109,10 @@ pub fn parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     rest.is_empty().then_some((name, value))
 }
 
-/// CommandComplete: the command tag ("INSERT 0 1", "SELECT 3", ...).
-pub fn command_tag(body: &[u8]) -> Option<&str> {
-    query_text(body)
+/// Whether a CommandComplete body is the tag of a COMMIT (compared as bytes: no text
+/// conversion for every statement's completion).
+pub fn is_commit(body: &[u8]) -> bool {
+    body == b"COMMIT\0"
 }
 
 /// BackendKeyData: process id and secret key.
@@ -181,6 +182,15 @@ pub fn error_code(body: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_commit_tag_is_a_commit() {
+        assert!(is_commit(b"COMMIT\0"));
+        assert!(!is_commit(b"ROLLBACK\0"));
+        assert!(!is_commit(b"COMMIT PREPARED\0"));
+        assert!(!is_commit(b"COMMIT"));
+        assert!(!is_commit(b"SELECT 1\0"));
+    }
 
     #[test]
     fn parse_message_with_types() {
