@@ -93,11 +93,11 @@ stop_target() {
 # prints the instructions counted in between.
 total_after() {
     local port=$1 tx=$2 mode=$3 out=$4 dump=
-    "${AS[@]}" callgrind_control -z "$TARGET_PID" >/dev/null
+    "${AS[@]}" callgrind_control -z "$TARGET_PID" >/dev/null 2>&1
     PGPASSWORD=app PGSSLMODE=disable timeout 600 "$PG_BIN/pgbench" -n -S -M "$mode" -t "$tx" \
         -c "$CLIENTS" -j 1 -h 127.0.0.1 -p "$port" -U app postgres >"$out.pgbench-$tx.log" 2>&1 ||
         return 1
-    "${AS[@]}" callgrind_control -d "$TARGET_PID" >/dev/null
+    "${AS[@]}" callgrind_control -d "$TARGET_PID" >/dev/null 2>&1
     # Each dump is read and removed, so the one there is the one just made.
     for _ in $(seq 100); do
         dump=$(compgen -G "$out.$TARGET_PID.[0-9]*" | head -n1 || true)
@@ -147,7 +147,9 @@ relay_target() { # relay_target NAME HOSTS MODES…
     local name=$1 hosts=$2 mode
     shift 2
     relay_config "$WORK/$name.toml" "$hosts"
-    if under_callgrind "$RELAY_PORT" "$WORK/cg-$name" env RUST_LOG=warn "$RELAY_BIN" --config "$WORK/$name.toml"; then
+    # pgrelay itself must be the program valgrind starts (an `env` in front would exec it
+    # outside callgrind): its log level comes from the environment.
+    if RUST_LOG=warn under_callgrind "$RELAY_PORT" "$WORK/cg-$name" "$RELAY_BIN" --config "$WORK/$name.toml"; then
         for mode in "$@"; do
             measure "pgrelay_${name}_$mode" "$RELAY_PORT" "$mode" "$WORK/cg-$name"
         done
