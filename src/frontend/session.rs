@@ -224,7 +224,8 @@ pub struct Session {
     config_cache: arc_swap::Cache<RunningConfig, Arc<Config>>,
     /// The topology, revalidated with one atomic load at every checkout.
     topology: arc_swap::Cache<CurrentTopology, Arc<Snapshot>>,
-    plan_memo: RefCell<Option<PlanMemo>>,
+    /// Boxed: most of a session's life is idle, and its task's size is paid by every client.
+    plan_memo: RefCell<Option<Box<PlanMemo>>>,
     cancel: CancelHandle,
     registered: ClientEntry,
     /// Pools this session has used.
@@ -1324,11 +1325,11 @@ impl Session {
             }
         }
         let planned = plan(&classification, sql, read_only);
-        *self.plan_memo.borrow_mut() = Some(PlanMemo {
+        *self.plan_memo.borrow_mut() = Some(Box::new(PlanMemo {
             classification,
             read_only,
             plan: planned.clone(),
-        });
+        }));
         planned
     }
 

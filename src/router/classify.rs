@@ -2377,6 +2377,18 @@ fn continues_identifier(c: u8) -> bool {
     CONTINUES_IDENTIFIER[usize::from(c)]
 }
 
+/// Whether a byte may start something [`blank_numbers`] acts on: anything but letters,
+/// spaces and operators, which it passes over.
+static MAY_MATTER: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = !matches!(BYTE_CLASS[b], ByteClass::Other | ByteClass::Word);
+        b += 1;
+    }
+    table
+};
+
 /// `sql` with every digit of every numeric literal replaced by `0` (same length, so statement
 /// ranges stay valid), written into `out`, or None when nothing changes, the text holds more
 /// than one statement, or it is not a statement kind known to be number-blind. Digits inside
@@ -2405,14 +2417,20 @@ fn blank_numbers(b: &[u8], out: &mut Vec<u8>) -> bool {
     let mut changed = false;
     let mut i = 0;
     while i < b.len() {
+        // Most bytes are letters and spaces: one tight search to the next that may matter.
+        match b[i..].iter().position(|&c| MAY_MATTER[usize::from(c)]) {
+            Some(n) => i += n,
+            None => break,
+        }
+        let in_identifier = i > 0 && continues_identifier(b[i - 1]);
         match BYTE_CLASS[usize::from(b[i])] {
-            ByteClass::Other => i += 1,
-            ByteClass::Word => {
-                i += 1;
+            // A digit or `$` inside a name (`t1`, `a$b`): the rest of the name is skipped.
+            ByteClass::Digit | ByteClass::Dollar if in_identifier => {
                 while i < b.len() && continues_identifier(b[i]) {
                     i += 1;
                 }
             }
+            ByteClass::Other | ByteClass::Word => i += 1,
             ByteClass::Quote => {
                 let escapes = i > 0
                     && matches!(b[i - 1], b'e' | b'E')
@@ -2477,7 +2495,7 @@ fn blank_numbers(b: &[u8], out: &mut Vec<u8>) -> bool {
                 }
             }
             ByteClass::Dash | ByteClass::Slash => i += 1,
-            // Words are consumed whole, so a digit here starts a number.
+            // Not inside a name: a digit here starts a number.
             ByteClass::Digit => {
                 while i < b.len() && b[i].is_ascii_digit() {
                     if b[i] != b'0' {
@@ -3724,6 +3742,20 @@ mod tests {
             Some("SELECT E'\\'' || 0".into())
         );
         assert_eq!(blanked("SELECT a FROM t"), None, "nothing to change");
+        assert_eq!(
+            blanked("SELECT t1.c2, a$1, 1.5e10, x.1, é9 FROM t3 WHERE id=7").as_deref(),
+            Some("SELECT t1.c2, a$1, 0.0e10, x.0, é9 FROM t3 WHERE id=0"),
+            "digits in names stay; numbers after punctuation go"
+        );
+        assert_eq!(
+            blanked("SELECT 'it''s 5' || 6 -- 7\n, /* 8 /* 9 */ */ 10").as_deref(),
+            Some("SELECT 'it''s 5' || 0 -- 7\n, /* 8 /* 9 */ */ 00")
+        );
+        assert_eq!(
+            blanked("SELECT a$$b FROM t WHERE x = 1").as_deref(),
+            Some("SELECT a$$b FROM t WHERE x = 0")
+        );
+        assert_eq!(blanked("SELECT 1 - 2 / 3"), Some("SELECT 0 - 0 / 0".into()));
         let cache = ClassifyCache::new(16);
         let catalog = FunctionCatalog::default();
         cache.classify("SELECT v FROM t WHERE id = 1", &catalog);
