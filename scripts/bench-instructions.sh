@@ -162,22 +162,7 @@ relay_target replicas "\"127.0.0.1:$LEADER_PORT\", \"127.0.0.1:$REPLICA1_PORT\",
 
 PGB_BIN=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 if [[ -x $PGB_BIN ]]; then
-    mkdir -p "$WORK/pgbouncer"
-    printf '"app" "app"\n' >"$WORK/pgbouncer/userlist.txt"
-    cat >"$WORK/pgbouncer/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$LEADER_PORT dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $WORK/pgbouncer/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-logfile = $WORK/pgbouncer/pgbouncer.log
-INI
+    pgbouncer_config "$WORK/pgbouncer" "$PGB_PORT"
     AS=("${PGB_AS[@]}")
     if [[ ${#AS[@]} -gt 0 ]]; then
         chown -R postgres:postgres "$WORK/pgbouncer"

@@ -176,29 +176,12 @@ start_pgbouncer() {
         PGB_FAIL="pgbouncer not installed"
         return 1
     }
-    printf '"app" "app"\n' >"$dir/userlist.txt"
-    local prepared=
+    local extra="pidfile = $dir/pgbouncer.pid"
     # Prepared statements in transaction pooling exist from PgBouncer 1.21 on.
     if [[ $(printf '%s\n1.21.0\n' "$PGB_VERSION" | sort -V | head -n1) == 1.21.0 ]]; then
-        prepared="max_prepared_statements = 200"
+        extra+=$'\nmax_prepared_statements = 200'
     fi
-    cat >"$dir/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$LEADER_PORT dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $dir/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 1000
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-$prepared
-INI
+    pgbouncer_config "$dir" "$PGB_PORT" "$extra"
     local run=()
     if [[ $(id -u) -eq 0 ]]; then
         chown -R postgres:postgres "$dir"

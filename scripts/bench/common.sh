@@ -1,6 +1,7 @@
 # shellcheck shell=bash disable=SC2034
-# Shared by scripts/bench.sh and scripts/bench-idle.sh (sourced, not run): a private sandbox
-# cluster on free ports, the pgrelay release binary, starting/stopping pgrelay, small helpers.
+# Shared by scripts/bench.sh, scripts/bench-idle.sh and scripts/bench-instructions.sh (sourced,
+# not run): a private sandbox cluster on free ports, the pgrelay release binary, starting and
+# stopping pgrelay, a PgBouncer config, small helpers.
 # The sourcing script sets BENCH_NAME (log prefix) and BENCH_PORT_BASE before calling these.
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -121,6 +122,33 @@ wait_replicas_caught_up() {
         [[ $(sql "$port" -c "SELECT pg_last_wal_replay_lsn() >= '$lsn'::pg_lsn") == t ]] ||
             problem "replica on $port has not replayed $lsn after 60 s"
     done
+}
+
+# ---- PgBouncer -------------------------------------------------------------------------------
+
+# pgbouncer_config DIR PORT [EXTRA_LINES]: userlist.txt (app/app) and pgbouncer.ini in DIR for
+# PgBouncer in transaction pooling on 127.0.0.1:PORT in front of the leader (LEADER_PORT),
+# pool_size 20, its log in DIR; EXTRA_LINES go into [pgbouncer].
+pgbouncer_config() {
+    local dir=$1 port=$2 extra=${3:-}
+    mkdir -p "$dir"
+    printf '"app" "app"\n' >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$LEADER_PORT dbname=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 1000
+logfile = $dir/pgbouncer.log
+$extra
+INI
 }
 
 # ---- pgrelay ---------------------------------------------------------------------------------

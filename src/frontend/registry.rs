@@ -136,17 +136,22 @@ impl ClientRegistry {
         }
     }
 
-    /// Every connected client, oldest first.
-    pub fn list(&self) -> Vec<ClientInfo> {
-        let records: Vec<Arc<Record>> = self
-            .inner
+    /// The records of every connected client, copied out so the registry's lock is held only
+    /// for the copy.
+    fn records(&self) -> Vec<Arc<Record>> {
+        self.inner
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
-        let mut clients: Vec<ClientInfo> = records
+            .collect()
+    }
+
+    /// Every connected client, oldest first.
+    pub fn list(&self) -> Vec<ClientInfo> {
+        let mut clients: Vec<ClientInfo> = self
+            .records()
             .iter()
             .map(|r| ClientInfo {
                 id: r.id,
@@ -183,15 +188,7 @@ impl ClientRegistry {
     /// Shutdown began: every client's [`ShutdownSignal`] fires, now or when next polled.
     pub fn begin_shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
-        let records: Vec<Arc<Record>> = self
-            .inner
-            .clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for record in records {
+        for record in self.records() {
             let waker = record
                 .waker
                 .lock()
