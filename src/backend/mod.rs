@@ -99,15 +99,15 @@ pub struct ConnectOptions<'a> {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// The session settings pgrelay applied on a server connection (name → value as the client
-/// gave it), sorted by name like a client's settings, so a client whose settings are the same
-/// finds out with one comparison.
-#[derive(Debug, Default)]
-pub struct Applied {
+/// Session settings as (name, value as SQL text), sorted by name: what a client wants
+/// (`frontend::settings::Settings`) and what pgrelay applied on a server connection, so a
+/// connection that already matches a client is found with one comparison.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingValues {
     values: Vec<(String, String)>,
 }
 
-impl Applied {
+impl SettingValues {
     fn position(&self, name: &str) -> Result<usize, usize> {
         self.values.binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
@@ -116,7 +116,7 @@ impl Applied {
         self.position(name).ok().map(|i| self.values[i].1.as_str())
     }
 
-    /// Records a setting changed on the connection.
+    /// Records a setting (a new value replaces the old one).
     pub fn insert(&mut self, name: String, value: String) {
         match self.position(&name) {
             Ok(i) => self.values[i].1 = value,
@@ -130,7 +130,8 @@ impl Applied {
         }
     }
 
-    /// The connection is back to its server defaults (or its state is unknown).
+    /// Forgets every setting (a connection back to its server defaults, or in an unknown
+    /// state).
     pub fn clear(&mut self) {
         self.values.clear();
     }
@@ -140,7 +141,7 @@ impl Applied {
         &self.values
     }
 
-    /// The connection now has exactly `values` (sorted by name).
+    /// Makes these exactly `values` (sorted by name).
     pub fn replace(&mut self, values: &[(String, String)]) {
         // Reuses the strings already here (a client's settings are mostly alike).
         let kept = self.values.len().min(values.len());
@@ -164,7 +165,7 @@ pub struct ServerConn {
     pub params: HashMap<String, String>,
     /// Session settings pgrelay applied on behalf of clients (name → value as the client gave
     /// it), so the next client with the same settings needs no SET.
-    pub applied: Applied,
+    pub applied: SettingValues,
     /// Protocol-level statements prepared on this connection (by server-side name).
     pub statements: StatementCache,
     /// SQL-level prepared statements on this connection: name → the PREPARE that made it.
@@ -232,7 +233,7 @@ impl ServerConn {
             process_id: 0,
             secret_key: 0,
             params: HashMap::new(),
-            applied: Applied::default(),
+            applied: SettingValues::default(),
             statements: StatementCache::new(opts.max_prepared_statements),
             sql_prepared: HashMap::new(),
             created_at: Instant::now(),

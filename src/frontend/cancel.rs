@@ -100,7 +100,7 @@ impl CancelHandle {
                 t.process_id = process_id;
                 t.secret_key = secret_key;
             }
-            _ => {
+            None => {
                 state.target = Some(CancelTarget {
                     host: host.clone(),
                     process_id,

@@ -389,11 +389,6 @@ impl Session {
         Arc::clone(&self.config_now)
     }
 
-    /// The function catalog of the client's database as of this pass of the relay loop.
-    fn catalog(&self) -> Arc<FunctionCatalog> {
-        Arc::clone(&self.catalog_now)
-    }
-
     /// Takes the config a reload swapped in and the catalog a refresh loaded, if any.
     fn refresh(&mut self) {
         let config = self.config_cache.load();
@@ -1335,9 +1330,9 @@ impl Session {
 
     /// Plans a Bind of a named statement, from the classification it keeps.
     fn plan_statement(&self, statement: &ClientStatement) -> Plan {
-        let catalog = self.catalog();
+        let catalog = &self.catalog_now;
         let classification = statement.classification(catalog.generation(), |sql| {
-            self.shared.classifier.classify(sql, &catalog)
+            self.shared.classifier.classify(sql, catalog)
         });
         self.plan_classified(classification, &statement.sql)
     }

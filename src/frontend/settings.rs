@@ -4,7 +4,7 @@
 //! In transaction pooling a client's next transaction may run on a connection another client
 //! used last; these settings are what make that invisible.
 
-use crate::backend::Applied;
+use crate::backend::SettingValues;
 use crate::protocol::build::{quote_ident, quote_literal};
 
 /// Startup parameters that are not settings: they pick the role, database or protocol.
@@ -26,8 +26,7 @@ const REPORTED: &[&str] = &[
 /// its own `SET`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// Sorted by name.
-    values: Vec<(String, String)>,
+    values: SettingValues,
 }
 
 impl Settings {
@@ -50,34 +49,34 @@ impl Settings {
 
     /// Records `SET name = <sql>`, the value as SQL text.
     pub fn set_sql(&mut self, name: &str, sql: &str) {
-        let name = name.to_ascii_lowercase();
-        match self.values.binary_search_by(|(k, _)| k.as_str().cmp(&name)) {
-            Ok(i) => self.values[i].1 = sql.to_owned(),
-            Err(i) => self.values.insert(i, (name, sql.to_owned())),
-        }
+        self.values
+            .insert(name.to_ascii_lowercase(), sql.to_owned());
     }
 
     /// Forgets a setting (after `RESET name`): the server default applies again.
     pub fn remove(&mut self, name: &str) {
-        let name = name.to_ascii_lowercase();
-        self.values.retain(|(k, _)| *k != name);
+        self.values.remove(&name.to_ascii_lowercase());
     }
 
     /// The value of a setting as SQL text.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values
+            .as_slice()
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.values
+            .as_slice()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
     /// Every setting as (name, value), sorted by name.
     pub fn as_slice(&self) -> &[(String, String)] {
-        &self.values
+        self.values.as_slice()
     }
 
     /// Records a ParameterStatus the server sent while this client used it, if it is a setting
@@ -94,23 +93,23 @@ impl Settings {
 
     /// The SQL that turns a connection whose pgrelay-applied settings are `applied` into one
     /// with these settings, or None when they already match. Also updates `applied`.
-    pub fn sync_sql(&self, applied: &mut Applied) -> Option<String> {
+    pub fn sync_sql(&self, applied: &mut SettingValues) -> Option<String> {
         // Both sorted by name: the common case, nothing to do, is one comparison.
-        if applied.as_slice() == self.values.as_slice() {
+        if *applied == self.values {
             return None;
         }
         let mut statements = Vec::new();
-        for (name, value) in &self.values {
+        for (name, value) in self.values.as_slice() {
             if applied.get(name) != Some(value.as_str()) {
                 statements.push(format!("SET {} = {}", quote_ident(name), value));
             }
         }
         for (name, _) in applied.as_slice() {
-            if self.get(name).is_none() {
+            if self.values.get(name).is_none() {
                 statements.push(format!("RESET {}", quote_ident(name)));
             }
         }
-        applied.replace(&self.values);
+        applied.replace(self.values.as_slice());
         if statements.is_empty() {
             return None;
         }
@@ -195,7 +194,7 @@ mod tests {
         let mut s = Settings::default();
         s.set_sql("TimeZone", "'UTC'");
         s.set_sql("application_name", "'a'");
-        let mut applied = Applied::default();
+        let mut applied = SettingValues::default();
         applied.insert("application_name".to_string(), "'a'".to_string());
         applied.insert("search_path".to_string(), "other".to_string());
         assert_eq!(
@@ -214,7 +213,7 @@ mod tests {
         let mut s = Settings::default();
         s.set_sql("timezone", "'UTC'");
         s.set_sql("application_name", "'a'");
-        let mut applied = Applied::default();
+        let mut applied = SettingValues::default();
         assert_eq!(
             s.sync_sql(&mut applied).as_deref(),
             Some("SET application_name = 'a'; SET timezone = 'UTC'")
@@ -260,14 +259,14 @@ mod tests {
     #[test]
     fn values_are_quoted_for_replay() {
         let s = Settings::from_startup(&params(&[("application_name", "it's")]));
-        let mut applied = Applied::default();
+        let mut applied = SettingValues::default();
         assert_eq!(
             s.sync_sql(&mut applied).as_deref(),
             Some("SET application_name = 'it''s'")
         );
         let mut sql = Settings::default();
         sql.set_sql("search_path", "app, public");
-        let mut applied = Applied::default();
+        let mut applied = SettingValues::default();
         assert_eq!(
             sql.sync_sql(&mut applied).as_deref(),
             Some("SET search_path = app, public")
